@@ -1,0 +1,3 @@
+from hotline.cli import app
+
+app()

@@ -1,0 +1,33 @@
+"""Time in one convention: aware UTC inside (sqlmodel stores and returns it so on SQLite and Postgres);
+people and APIs see Asia/Shanghai with its offset."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pendulum
+
+from hotline.settings import get_settings
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: a UTC offset is required")
+    return value.astimezone(timezone.utc)
+
+
+def local(value: datetime | None) -> pendulum.DateTime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return pendulum.instance(value).in_timezone(get_settings().timezone)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with the local offset, e.g. 2026-11-23T18:00:00+08:00."""
+    loc = local(value)
+    return loc.isoformat() if loc is not None else None

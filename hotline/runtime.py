@@ -1,0 +1,156 @@
+"""The embedded default: a real local Prefect server (SQLite under the project data folder), the process that
+serves our deployments, and our HTTP API — three child processes started and stopped together.
+
+Production runs the same pieces separately (Postgres, `prefect server`, workers from prefect.yaml); tests start
+one Stack per database backend.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from hotline.settings import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin_token(home: Path) -> str:
+    """HOTLINE_ADMIN_TOKEN if set; else one generated on first start and kept in the data folder."""
+    if os.environ.get("HOTLINE_ADMIN_TOKEN"):
+        return os.environ["HOTLINE_ADMIN_TOKEN"]
+    path = home / "admin_token"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"admin_{secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass
+class Stack:
+    home: Path
+    api_port: int = 8000
+    prefect_port: int = 4200
+    database_url: str | None = None
+    prefect_database_url: str | None = None  # default: SQLite under home (e.g. postgresql+asyncpg://… instead)
+    policy_dir: Path | None = None
+    watch_interval_seconds: int = 10
+    quiet: bool = False
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}"
+
+    def env(self) -> dict[str, str]:
+        prefect_home = self.home / "prefect"
+        env = dict(os.environ)
+        env.update({
+            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_API_URL": f"{self.prefect_url}/api",
+            "PREFECT_API_DATABASE_CONNECTION_URL": (self.prefect_database_url
+                                                    or f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+            "PREFECT_SERVER_DATABASE_TIMEOUT": "30",  # SQLite: wait for the write lock instead of failing
+            # the deadline watch runs one at a time; if its process dies, its slot frees after this many seconds
+            "PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION": "30",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "HOTLINE_HOME": str(self.home),
+            "HOTLINE_API_PORT": str(self.api_port),
+            "HOTLINE_ADMIN_TOKEN": admin_token(self.home),
+            "HOTLINE_WATCH_INTERVAL_SECONDS": str(self.watch_interval_seconds),
+        })
+        if self.database_url:
+            env["HOTLINE_DATABASE_URL"] = self.database_url
+        if self.policy_dir:
+            env["HOTLINE_POLICY_DIR"] = str(self.policy_dir)
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            args, env=self.env(), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wait_http(self, name: str, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.home / 'logs' / (name + '.log')}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{name} did not answer at {url} within {timeout:.0f} s")
+
+    def _wait_deployments(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["serve"].poll() is not None:
+                raise RuntimeError(f"serve exited; see {self.home / 'logs' / 'serve.log'}")
+            try:
+                r = httpx.post(f"{self.prefect_url}/api/deployments/filter", json={}, timeout=5)
+                if r.status_code == 200 and len(r.json()) >= 2:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("the case deployments were not registered in time")
+
+    def start(self) -> "Stack":
+        self.home.mkdir(parents=True, exist_ok=True)
+        py = sys.executable
+        self._spawn("prefect-server", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                       "--port", str(self.prefect_port), "--no-ui" if self.quiet else "--ui"])
+        self._wait_http("prefect-server", f"{self.prefect_url}/api/health", 180)
+        self._spawn("serve", [py, "-m", "flows.serve"])
+        self._spawn("api", [py, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+                            "--port", str(self.api_port), "--log-level", "warning"])
+        self._wait_http("api", f"{self.api_url}/api/health", 120)
+        self._wait_deployments(120)
+        return self
+
+    def stop(self) -> None:
+        for name in ("api", "serve", "prefect-server"):
+            proc = self.procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,40 @@
+"""One place for configuration, read from HOTLINE_* environment variables."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOTLINE_", extra="ignore")
+
+    home: Path = Field(default=REPO_ROOT / ".hotline", description="project data folder")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home")
+    admin_token: str | None = None
+    citizen_key: str | None = Field(default=None, description="secret for hashing phones (default: a key file)")
+    policy_dir: Path = REPO_ROOT / "policies"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str | None = Field(default=None, description="base URL units call back to")
+    prefect_port: int = 4200
+    timezone: str = "Asia/Shanghai"
+    watch_interval_seconds: int = 10
+    webhook_timeout_seconds: float = 5.0
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'hotline.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
