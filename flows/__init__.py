@@ -1,0 +1,1 @@
+"""Prefect flows: one durable run per case, and the scheduled deadline watch."""

@@ -1,0 +1,85 @@
+"""How the rest of the product talks to case runs: start one per case, wake one when a signal is waiting."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.flow_runs import NotPausedError, resume_flow_run
+
+from hotline.db import session_scope
+from models import Case
+from services.run_view import RunView, run_tags
+
+log = logging.getLogger(__name__)
+
+CASE_DEPLOYMENT = "case/hotline"
+WATCH_DEPLOYMENT = "deadline-watch/hotline"
+
+
+async def start_case_flow(case: Case) -> str:
+    """Create the case's flow run (one per case, by idempotency key) and remember its id."""
+    flow_run = await run_deployment(
+        CASE_DEPLOYMENT,
+        parameters={"case_id": case.id},
+        flow_run_name=case.number,
+        tags=run_tags(case),
+        idempotency_key=f"case-{case.id}",
+        timeout=0,
+        as_subflow=False,
+    )
+    with session_scope() as session:
+        stored = session.get(Case, case.id)
+        if stored.flow_run_id is None:
+            stored.flow_run_id = str(flow_run.id)
+            session.add(stored)
+    return str(flow_run.id)
+
+
+async def wake(flow_run_id: str | None, kind: str, signal_id: int | None = None) -> bool:
+    """Resume a waiting case run with a typed input. False when it is not waiting (it will see the signal anyway)."""
+    if not flow_run_id:
+        return False
+    try:
+        await resume_flow_run(UUID(flow_run_id), run_input={"kind": kind, "signal_id": signal_id})
+        return True
+    except (NotPausedError, ObjectNotFound):
+        return False
+    except Exception as exc:  # Prefect unreachable or refused: the deadline watch wakes it later
+        log.warning("could not wake flow run %s: %s", flow_run_id, exc)
+        return False
+
+
+WAKE_TIMEOUT_SECONDS = 20
+_waking: set[asyncio.Task] = set()
+
+
+def wake_soon(flow_run_id: str | None, kind: str, signal_id: int | None = None) -> None:
+    """Wake a case run in the background, so an API answer never waits on Prefect.
+
+    The signal is already committed to our DB; a busy Prefect server (its client retries 503s for up to a minute)
+    only delays the wake, and whatever this misses the deadline watch wakes on its next pass."""
+    if not flow_run_id:
+        return
+
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(wake(flow_run_id, kind, signal_id), WAKE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("waking flow run %s timed out; the deadline watch will wake it", flow_run_id)
+
+    task = asyncio.get_running_loop().create_task(bounded())
+    _waking.add(task)  # keep a reference until done (the loop holds tasks only weakly)
+    task.add_done_callback(_waking.discard)
+
+
+async def show_stage(flow_run_id: str, view: RunView) -> None:
+    """Operators' view of a case run: its tags and its timeline artifact (one new version per stage)."""
+    await acreate_markdown_artifact(markdown=view.markdown, key=view.artifact_key,
+                                    description=f"{view.stage}: the case's work orders, escalations and timeline")
+    async with get_client() as client:  # tags last: a run tagged with a stage has that stage's artifact
+        await client.update_flow_run(UUID(str(flow_run_id)), tags=view.tags)

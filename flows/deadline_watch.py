@@ -1,0 +1,101 @@
+"""The scheduled deadline watch: finds lapsed deadlines with indexed queries and wakes the cases concerned.
+
+Deadlines are not suspend timeouts (a suspend timeout fails the run); instead this flow runs on a schedule,
+writes a "deadline lapsed" signal for each lapsed order or follow-up window, and resumes those cases; summoned
+units that missed their whistle report are escalated; reminders go out at the policy's fractions. It also
+wakes any case whose signal could not wake it, starts runs for cases recorded while Prefect was unreachable,
+and retries webhook deliveries that are due.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlmodel import select
+
+from flows.control import start_case_flow, wake
+from hotline.clock import now
+from hotline.db import read_scope, session_scope
+from models import Case, CaseSignal
+from models.states import CaseStatus
+from notifications.webhooks import deliver_due
+from services import cases, whistles
+
+STARTUP_GRACE_SECONDS = 15
+
+
+def _signal_lapses() -> dict[str, int]:
+    with session_scope() as session:
+        at = now()
+        lapsed = cases.lapsed_deadlines(session, at)
+        signalled = sum(1 for wo, which in lapsed if cases.signal_lapse(session, wo, which))
+        follow_ups = len(cases.signal_follow_up_lapses(session, at))
+    with session_scope() as session:
+        missed_reports = whistles.escalate_missed_reports(session, now())
+    with session_scope() as session:
+        reminders = cases.send_reminders(session, now())
+    return {"deadlines": signalled, "follow_ups": follow_ups, "whistle_reports": missed_reports,
+            "reminders": reminders}
+
+
+@task(name="find-lapsed-deadlines", cache_policy=NO_CACHE)
+async def find_lapsed() -> dict[str, int]:
+    return await asyncio.to_thread(_signal_lapses)
+
+
+def _waiting_runs() -> list[tuple[str, int]]:
+    with read_scope() as session:
+        rows = session.exec(
+            select(Case.flow_run_id, CaseSignal.id)
+            .join(CaseSignal, CaseSignal.case_id == Case.id)
+            .where(CaseSignal.processed_at.is_(None), Case.flow_run_id.is_not(None))  # type: ignore
+            .order_by(CaseSignal.id)
+        ).all()
+    first: dict[str, int] = {}
+    for run_id, signal_id in rows:
+        first.setdefault(run_id, signal_id)
+    return list(first.items())
+
+
+@task(name="wake-cases", cache_policy=NO_CACHE)
+async def wake_cases() -> int:
+    woken = 0
+    for run_id, signal_id in await asyncio.to_thread(_waiting_runs):
+        woken += await wake(run_id, "signal_pending", signal_id)
+    return woken
+
+
+def _unstarted() -> list[Case]:
+    with read_scope() as session:
+        return list(session.exec(select(Case).where(
+            Case.flow_run_id.is_(None), Case.status != CaseStatus.closed,  # type: ignore
+            Case.created_at <= now() - timedelta(seconds=STARTUP_GRACE_SECONDS),
+        ).limit(200)).all())
+
+
+@task(name="start-unstarted-cases", cache_policy=NO_CACHE)
+async def start_unstarted() -> int:
+    started = 0
+    for case in await asyncio.to_thread(_unstarted):
+        await start_case_flow(case)
+        started += 1
+    return started
+
+
+@task(name="retry-deliveries", cache_policy=NO_CACHE)
+async def retry_deliveries() -> dict[str, int]:
+    return await deliver_due()
+
+
+@flow(name="deadline-watch", description="Escalates lapsed deadlines and keeps every case moving.")
+async def deadline_watch() -> dict:
+    summary = {
+        "lapsed": await find_lapsed(),
+        "woken": await wake_cases(),
+        "started": await start_unstarted(),
+        "deliveries": await retry_deliveries(),
+    }
+    get_run_logger().info("deadline watch: %s", summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Domain services. `services.cases` is the only writer of cases, work orders, signals and the timeline."""

@@ -1,0 +1,319 @@
+"""Policy files (YAML in HOTLINE_POLICY_DIR) loaded into typed, validated models.
+
+A district edits the files; a mistake is reported with the file and the field, never half-applied. Files are read
+when used, so an edit applies to the next case without a restart.
+
+  categories.yaml  诉求分类                 routing.yaml     权责清单 (who handles what, where, when)
+  sla.yaml         限时办结 by urgency × category, reminders, SLA-pause reasons, follow-up window
+  calendar.yaml    office hours, holiday / make-up workday overrides
+  escalation.yaml  the ladder: allowed time per level, triggers, bounce limit, who is notified
+  whistle.yaml     吹哨报到: report deadline per whistle kind
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from hotline.settings import get_settings
+from services.calendar import Calendar
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|wd|wh)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class PolicyError(ValueError):
+    """A policy file is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """An allowed time: calendar (s, m, h, d), working days (wd) or working hours (wh)."""
+
+    amount: float
+    unit: str
+
+    def after(self, start: datetime, calendar: Calendar) -> datetime:
+        if self.unit == "wd":
+            return calendar.add_workdays(start, self.amount)
+        if self.unit == "wh":
+            return calendar.add_working_hours(start, self.amount)
+        return start + timedelta(**{_UNITS[self.unit]: self.amount})
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}{self.unit}"
+
+
+def parse_span(text: str | int | float) -> Span:
+    if isinstance(text, (int, float)):
+        return Span(float(text), "s")
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 24h, 7d, 3wd working days, 8wh working hours)")
+    return Span(float(m.group(1)), m.group(2))
+
+
+def parse_duration(text: str | int | float) -> timedelta:
+    """A plain calendar duration: '30m' -> 30 minutes; a bare number means seconds."""
+    span = parse_span(text)
+    if span.unit in ("wd", "wh"):
+        raise ValueError(f"not a duration: {text!r} (calendar time only here: s, m, h or d)")
+    return timedelta(**{_UNITS[span.unit]: span.amount})
+
+
+def _require(value: dict, keys: tuple[str, ...], what: str) -> dict:
+    missing = set(keys) - set(value)
+    if missing:
+        raise ValueError(f"missing {what}: {sorted(missing)}")
+    return value
+
+
+def _span(v):
+    return v if isinstance(v, Span) else parse_span(v)
+
+
+class Sla(BaseModel):
+    respond_within: Span
+    due_within: Span
+
+    _respond = field_validator("respond_within", "due_within", mode="before")(lambda cls, v: _span(v))
+
+
+class FollowUpPolicy(BaseModel):
+    window: timedelta = timedelta(hours=48)
+    max_attempts: int = Field(3, ge=1, le=20)  # call attempts before the citizen counts as not reached
+
+    _window = field_validator("window", mode="before")(lambda cls, v: parse_duration(v))
+
+
+URGENCIES = ("normal", "urgent", "emergency")
+
+
+class SlaPolicy(BaseModel):
+    urgency: dict[str, Sla]
+    categories: dict[str, dict[str, Sla]] = Field(default_factory=dict)
+    reminders: list[float] = Field(default_factory=lambda: [0.5, 0.8])
+    pause_reasons: list[str] = Field(default_factory=list)
+    follow_up: FollowUpPolicy = FollowUpPolicy()
+
+    _all_urgencies = field_validator("urgency")(lambda cls, v: _require(v, URGENCIES, "urgency levels"))
+
+    @field_validator("reminders")
+    @classmethod
+    def _fractions(cls, v):
+        if any(not 0 < f < 1 for f in v):
+            raise ValueError("reminders are fractions of the allowed time, between 0 and 1 (e.g. 0.5, 0.8)")
+        return sorted(v)
+
+    def for_case(self, urgency: str, category: str) -> Sla:
+        return self.categories.get(category, {}).get(urgency) or self.urgency[urgency]
+
+
+class RoutingRule(BaseModel):
+    name: str
+    unit: str
+    co_units: list[str] = Field(default_factory=list)
+    categories: list[str] | None = None
+    districts: list[str] | None = None
+    streets: list[str] | None = None
+    communities: list[str] | None = None
+    urgencies: list[Literal["normal", "urgent", "emergency"]] | None = None
+    hours: str | None = Field(default=None, description="local time window, e.g. 07:00-22:00 (may wrap midnight)")
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v):
+        if v is not None:
+            parse_hours(v)
+        return v
+
+    def hour_window(self) -> tuple[time, time] | None:
+        return parse_hours(self.hours) if self.hours else None
+
+
+def parse_hours(text: str) -> tuple[time, time]:
+    m = re.match(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$", text)
+    if not m:
+        raise ValueError(f"hours must look like 07:00-22:00, not {text!r}")
+    a, b = time(int(m.group(1)), int(m.group(2))), time(int(m.group(3)) % 24, int(m.group(4)))
+    return a, b
+
+
+class RoutingPolicy(BaseModel):
+    on_reject: Literal["street", "next_rule", "dispatcher"] = "street"
+    rules: list[RoutingRule] = Field(default_factory=list)
+
+
+class CategoryPolicy(BaseModel):
+    categories: dict[str, str]
+
+
+class CalendarPolicy(BaseModel):
+    office_hours: dict[str, str] = Field(default_factory=lambda: {"start": "09:00", "end": "17:00"})
+    holidays: list[date] = Field(default_factory=list)
+    workdays: list[date] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        both = set(self.holidays) & set(self.workdays)
+        if both:
+            raise ValueError(f"dates listed as both holiday and workday: {sorted(map(str, both))}")
+        parse_hours(f"{self.office_hours.get('start', '')}-{self.office_hours.get('end', '')}")
+        return self
+
+    def calendar(self, tz: str) -> Calendar:
+        start, end = parse_hours(f"{self.office_hours['start']}-{self.office_hours['end']}")
+        return Calendar(holidays=frozenset(self.holidays), workdays=frozenset(self.workdays),
+                        office_start=start, office_end=end, tz=tz)
+
+
+class LadderLevel(BaseModel):
+    respond_within: Span
+    due_within: Span
+
+    _spans = field_validator("respond_within", "due_within", mode="before")(lambda cls, v: _span(v))
+
+
+class Trigger(BaseModel):
+    escalate_up: bool = False  # also send a new order one level up (lapses); otherwise a record for supervisors
+    notify: list[Literal["district", "street", "lead_unit"]] = Field(default_factory=list)
+
+
+TRIGGERS = ("overdue_response", "overdue_completion", "bounced", "whistle_not_reported", "unsatisfied_twice",
+            "extension_request", "unroutable")
+
+
+class EscalationPolicy(BaseModel):
+    levels: dict[Literal["community", "street", "department", "utility", "district"], LadderLevel] = Field(
+        default_factory=dict)
+    max_bounces: int = Field(default=2, ge=0)
+    triggers: dict[str, Trigger] = Field(default_factory=dict)
+
+    @field_validator("triggers")
+    @classmethod
+    def _known(cls, v):
+        unknown = set(v) - set(TRIGGERS)
+        if unknown:
+            raise ValueError(f"unknown triggers {sorted(unknown)}; known: {list(TRIGGERS)}")
+        return v
+
+    def trigger(self, name: str) -> Trigger:
+        return self.triggers.get(name) or Trigger(escalate_up=name in ("overdue_response", "overdue_completion"))
+
+
+class WhistlePolicy(BaseModel):
+    report_within: dict[Literal["daily", "tough", "emergency"], Span]
+
+    _spans = field_validator("report_within", mode="before")(
+        lambda cls, v: {k: _span(x) for k, x in v.items()} if isinstance(v, dict) else v)
+
+    _all = field_validator("report_within")(lambda cls, v: _require(v, ("daily", "tough", "emergency"), "whistle kinds"))
+
+
+def _load(name: str, model: type[BaseModel], policy_dir: Path | None = None, optional: bool = False):
+    path = (policy_dir or get_settings().policy_dir) / name
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        if optional:
+            return model()
+        raise PolicyError(f"{path}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PolicyError(f"{path}: {errors}") from exc
+
+
+def categories(policy_dir: Path | None = None) -> dict[str, str]:
+    return _load("categories.yaml", CategoryPolicy, policy_dir).categories
+
+
+def sla_policy(policy_dir: Path | None = None) -> SlaPolicy:
+    policy = _load("sla.yaml", SlaPolicy, policy_dir)
+    unknown = set(policy.categories) - set(categories(policy_dir))
+    if unknown:
+        raise PolicyError(f"sla.yaml: categories: unknown categories {sorted(unknown)}")
+    return policy
+
+
+def calendar(policy_dir: Path | None = None) -> Calendar:
+    return _load("calendar.yaml", CalendarPolicy, policy_dir, optional=True).calendar(get_settings().timezone)
+
+
+def escalation_policy(policy_dir: Path | None = None) -> EscalationPolicy:
+    return _load("escalation.yaml", EscalationPolicy, policy_dir, optional=True)
+
+
+def whistle_policy(policy_dir: Path | None = None) -> WhistlePolicy:
+    return _load("whistle.yaml", WhistlePolicy, policy_dir)
+
+
+def routing_policy(policy_dir: Path | None = None, units: set[str] | None = None) -> RoutingPolicy:
+    """Load and validate the responsibility list; with `units`, every named unit must exist."""
+    policy = _load("routing.yaml", RoutingPolicy, policy_dir)
+    problems = routing_problems(policy, set(categories(policy_dir)), units)
+    if problems:
+        raise PolicyError("routing.yaml: " + "; ".join(problems))
+    return policy
+
+
+def routing_problems(policy: RoutingPolicy, known_categories: set[str], units: set[str] | None) -> list[str]:
+    problems = []
+    for i, rule in enumerate(policy.rules):
+        unknown = set(rule.categories or ()) - known_categories
+        if unknown:
+            problems.append(f"rules.{i} ({rule.name}): unknown categories {sorted(unknown)}")
+        if units is not None:
+            named = [u for u in [rule.unit, *rule.co_units] if not (u.startswith("{") and u.endswith("}"))]
+            missing = [u for u in named if u not in units]
+            if missing:
+                problems.append(f"rules.{i} ({rule.name}): unknown units {missing}")
+    return problems
+
+
+def routing_overlaps(policy: RoutingPolicy) -> list[str]:
+    """Pairs of rules that can match the same case but send it to different units: the later one is (partly)
+    shadowed by the earlier. Reported as warnings — an earlier, more specific rule is often intended."""
+    def meets(a: list | None, b: list | None) -> bool:
+        return a is None or b is None or bool(set(a) & set(b))
+
+    found = []
+    for i, a in enumerate(policy.rules):
+        for j in range(i + 1, len(policy.rules)):
+            b = policy.rules[j]
+            if a.unit == b.unit or a.hours or b.hours:
+                continue
+            if all(meets(getattr(a, f), getattr(b, f))
+                   for f in ("categories", "districts", "streets", "communities", "urgencies")):
+                found.append(f"rules.{i} ({a.name}) overlaps rules.{j} ({b.name}); the first match wins")
+    return found
+
+
+def check_all(units: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """Every policy file, validated (and unit names checked against `units`): (problems, warnings)."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    from services.evaluation import evaluation_policy  # these build on this module
+    from services.repeats import repeat_policy
+
+    for load in (categories, sla_policy, calendar, escalation_policy, whistle_policy, evaluation_policy,
+                 repeat_policy):
+        try:
+            load()
+        except PolicyError as exc:
+            problems.append(str(exc))
+    try:
+        routing = _load("routing.yaml", RoutingPolicy)
+        problems += [f"routing.yaml: {p}" for p in routing_problems(routing, set(categories()), units)]
+        warnings += [f"routing.yaml: {w}" for w in routing_overlaps(routing)]
+    except PolicyError as exc:
+        problems.append(str(exc))
+    return problems, warnings

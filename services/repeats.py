@@ -1,0 +1,200 @@
+"""重复诉求 / 同人诉求 (repeat requests) and 热点 (hot spots), linked at collection (受理) and shown on both cases.
+
+- The citizen is recognised by a **keyed hash of the phone** (`citizen_key`, HMAC-SHA256 with a secret that never
+  leaves the server); the phone itself is never used for matching or analytics.
+- A new case **repeats** earlier cases of the same citizen about the same category and place that are still open
+  or were reported within the policy window; a repeat raises the new case's urgency by policy.
+- Cases of different citizens about the same community and category within a window form a **hot spot** once
+  they reach the policy's thresholds; each new case in it is linked to the others.
+The rules are in policies/repeat.yaml and written down in docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import func, or_
+from sqlmodel import Session, col, select
+
+from hotline.settings import get_settings
+from models import Case, CaseLink, CaseStatus
+from services.policies import URGENCIES, _load
+
+SAME_CITIZEN, HOT_SPOT = "same_citizen", "hot_spot"
+
+
+# ---------------------------------------------------------------- policy
+
+class SameCitizen(BaseModel):
+    window_days: int = Field(30, ge=0, le=3650)
+    raise_urgency_to: str | None = "urgent"
+
+    @field_validator("raise_urgency_to")
+    @classmethod
+    def _known(cls, v):
+        if v is not None and v not in URGENCIES:
+            raise ValueError(f"must be one of {list(URGENCIES)} or null, not {v!r}")
+        return v
+
+
+class HotSpotRule(BaseModel):
+    window_days: int = Field(7, ge=1, le=365)
+    min_cases: int = Field(3, ge=2)
+    min_citizens: int = Field(2, ge=1)
+    max_links: int = Field(20, ge=1, le=500)  # a new case links to at most this many (the latest) cases of its spot
+
+
+class RepeatPolicy(BaseModel):
+    same_citizen: SameCitizen = Field(default_factory=SameCitizen)
+    hot_spot: HotSpotRule = Field(default_factory=HotSpotRule)
+
+
+def repeat_policy(policy_dir: Path | None = None) -> RepeatPolicy:
+    return _load("repeat.yaml", RepeatPolicy, policy_dir, optional=True)
+
+
+# ---------------------------------------------------------------- the citizen's key
+
+@lru_cache
+def _secret() -> bytes:
+    settings = get_settings()
+    if settings.citizen_key:
+        return settings.citizen_key.encode()
+    path = settings.home / "citizen_key"
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: the API and the flows may start at once; the first writer wins, the others read it
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        except FileExistsError:
+            pass
+    return path.read_text().strip().encode()
+
+
+def citizen_key(phone: str | None) -> str | None:
+    """The keyed hash of a phone number (digits only, without the +86 country code); None without a phone."""
+    digits = re.sub(r"\D", "", phone or "")
+    if len(digits) == 13 and digits.startswith("86"):
+        digits = digits[2:]
+    if not digits:
+        return None
+    return hmac.new(_secret(), digits.encode(), hashlib.sha256).hexdigest()
+
+
+# ---------------------------------------------------------------- linking (at collection)
+
+def _same_place(case: Case):
+    return (Case.community == case.community) if case.community else (Case.street == case.street)
+
+
+def link_repeats(session: Session, case: Case) -> None:
+    """Link `case` (just collected: category and jurisdiction known) to its repeats and its hot spot.
+    Runs inside collection's transaction, which happens once per case."""
+    from services.cases import record  # the one writer of timeline entries
+
+    policy = repeat_policy()
+    if not (case.community or case.street):
+        return
+    if case.citizen_key and not case.anonymous:
+        since = case.reported_at - timedelta(days=policy.same_citizen.window_days)
+        earlier = session.exec(select(Case).where(
+            Case.citizen_key == case.citizen_key, Case.id != case.id, Case.category == case.category,
+            _same_place(case), col(Case.reported_at) <= case.reported_at,
+            or_(Case.status != CaseStatus.closed, col(Case.reported_at) >= since),
+        ).order_by(col(Case.id))).all()
+        for other in earlier:
+            _link(session, case, other, SAME_CITIZEN)
+            record(session, case, "repeat.linked", f"重复诉求: 同一诉求人此前反映 {other.number}",
+                   related=other.number, link=SAME_CITIZEN)
+            record(session, other, "repeat.linked", f"重复诉求: 同一诉求人再次反映 {case.number}",
+                   related=case.number, link=SAME_CITIZEN)
+        target = policy.same_citizen.raise_urgency_to
+        if earlier and target and URGENCIES.index(target) > URGENCIES.index(case.urgency):
+            record(session, case, "urgency.raised", f"重复诉求, 紧急程度 {case.urgency} → {target}",
+                   before=case.urgency, after=target)
+            case.urgency = target
+            session.add(case)
+
+    if case.community:
+        rule = policy.hot_spot
+        since = case.reported_at - timedelta(days=rule.window_days)
+        in_cluster = (Case.community == case.community, Case.category == case.category, Case.id != case.id,
+                      col(Case.reported_at) >= since, col(Case.reported_at) <= case.reported_at)
+        others, keyed, unkeyed = session.exec(select(
+            func.count(), func.count(func.distinct(Case.citizen_key)),
+            func.count().filter(col(Case.citizen_key).is_(None))).where(*in_cluster)).one()
+        # distinct citizens: the others' keys, each keyless case as one, and this case unless its key is among them
+        seen_before = case.citizen_key is not None and session.exec(
+            select(Case.id).where(*in_cluster, Case.citizen_key == case.citizen_key)).first() is not None
+        citizens = keyed + unkeyed + (0 if seen_before else 1)
+        if others + 1 >= rule.min_cases and citizens >= rule.min_citizens:
+            latest = session.exec(select(Case).where(*in_cluster).order_by(col(Case.reported_at).desc())
+                                  .limit(rule.max_links)).all()  # a big hot spot links only its latest cases
+            for other in latest:
+                _link(session, case, other, HOT_SPOT)
+            record(session, case, "hot_spot", f"热点: {rule.window_days} 天内同社区同类诉求 {others + 1} 件",
+                   cases=others + 1, citizens=citizens, related=[c.number for c in latest])
+
+
+def _link(session: Session, case: Case, other: Case, kind: str) -> None:
+    if not session.exec(select(CaseLink.id).where(CaseLink.case_id == case.id, CaseLink.related_case_id == other.id,
+                                                  CaseLink.kind == kind)).first():
+        session.add(CaseLink(case_id=case.id, related_case_id=other.id, kind=kind))
+
+
+def related(session: Session, case_id: int) -> list[dict]:
+    """Both directions: the earlier cases this one repeats or clusters with, and the later ones that do."""
+    out = []
+    for link in session.exec(select(CaseLink).where(
+            or_(CaseLink.case_id == case_id, CaseLink.related_case_id == case_id)).order_by(col(CaseLink.id))):
+        other = session.get(Case, link.related_case_id if link.case_id == case_id else link.case_id)
+        out.append({"case_id": str(other.id), "number": other.number, "kind": link.kind, "status": other.status,
+                    "direction": "earlier" if link.case_id == case_id else "later"})
+    return out
+
+
+# ---------------------------------------------------------------- hot spots of a period (report)
+
+@dataclass(frozen=True)
+class HotSpot:
+    street: str | None
+    community: str
+    category: str
+    cases: int
+    citizens: int
+    case_numbers: list[str]
+    first_at: datetime
+    last_at: datetime
+
+
+def hot_spots(session: Session, start: datetime, end: datetime, policy: RepeatPolicy | None = None) -> list[HotSpot]:
+    """The community × category groups of cases reported in [start, end) of which at least one case was linked
+    as a hot spot: all the group's cases of the period, their distinct citizens, biggest first. `policy` is
+    accepted for symmetry with the other evaluations; linking already applied it."""
+    cases = session.exec(select(Case).where(col(Case.reported_at) >= start, col(Case.reported_at) < end,
+                                            col(Case.community).is_not(None))).all()
+    hot_ids = set(session.exec(select(CaseLink.case_id).where(
+        CaseLink.kind == HOT_SPOT, col(CaseLink.case_id).in_([c.id for c in cases])))) if cases else set()
+    groups: dict[tuple[str, str], list[Case]] = {}
+    for c in cases:
+        groups.setdefault((c.community, c.category), []).append(c)
+    rows = []
+    for (community, category), members in groups.items():
+        if not any(c.id in hot_ids for c in members):
+            continue
+        members.sort(key=lambda c: c.reported_at)
+        rows.append(HotSpot(
+            street=members[0].street, community=community, category=category, cases=len(members),
+            citizens=len({c.citizen_key or f"case-{c.id}" for c in members}),
+            case_numbers=[c.number for c in members], first_at=members[0].reported_at,
+            last_at=members[-1].reported_at))
+    return sorted(rows, key=lambda r: (-r.cases, r.community, r.category))

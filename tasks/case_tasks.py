@@ -1,0 +1,91 @@
+"""The steps of a case, each a small task. They are idempotent: on replay they find the work done and do nothing."""
+from __future__ import annotations
+
+import asyncio
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.exc import OperationalError
+
+from hotline.db import read_scope, session_scope
+from models.states import CaseStatus
+from notifications.webhooks import deliver_due
+from services import cases
+from services.run_view import RunView, run_view
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only database hiccups (a lock timeout, a dropped connection), not bugs."""
+    try:
+        state.result()
+    except OperationalError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+step = task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 3, 10], retry_condition_fn=_transient)
+
+
+def _in_session(fn, *args):
+    def run():
+        with session_scope() as session:
+            return fn(session, *args)
+    return asyncio.to_thread(run)
+
+
+@step(name="collect")
+async def collect_case(case_id: int) -> dict:
+    """受理: category and jurisdiction."""
+    case = await _in_session(cases.collect, case_id)
+    return {"number": case.number, "category": case.category, "district": case.district,
+            "street": case.street, "community": case.community}
+
+
+@step(name="dispatch")
+async def dispatch_case(case_id: int) -> str | None:
+    """派单: work order to the unit the responsibility list names (or 直派 to the street)."""
+    case = await _in_session(cases.dispatch, case_id)
+    return case.lead_unit
+
+
+@step(name="settle")
+async def settle_case(case_id: int) -> CaseStatus:
+    """Apply the answers that arrived (unit events, lapsed deadlines, follow-up) and return the stage."""
+    return await _in_session(cases.settle, case_id)
+
+
+@step(name="prepare-wait")
+async def prepare_wait(case_id: int) -> tuple[int, bool]:
+    return await _in_session(cases.current_wait, case_id)
+
+
+@step(name="answered")
+async def mark_answered(case_id: int, seq: int) -> None:
+    await _in_session(cases.finish_wait, case_id, seq)
+
+
+@step(name="close")
+async def close_case(case_id: int) -> dict:
+    """考评 and 办结."""
+    case = await _in_session(cases.evaluate_and_close, case_id)
+    return {"status": case.status, "responded_in_time": case.responded_in_time,
+            "completed_in_time": case.completed_in_time, "resolved": case.resolved,
+            "satisfaction": case.satisfaction, "follow_up": case.follow_up_outcome}
+
+
+@task(name="deliver-webhooks", cache_policy=NO_CACHE)
+async def deliver_webhooks(case_id: int | None = None) -> dict[str, int]:
+    """Send due webhooks; failures stay pending with backoff and the deadline watch retries them."""
+    return await deliver_due(case_id)
+
+
+
+@step(name="stage")
+async def read_stage(case_id: int) -> RunView:
+    """Where the case stands, in words, with the run's tags and timeline artifact (services.run_view)."""
+    def read():
+        with read_scope() as session:
+            return run_view(session, case_id)
+    return await asyncio.to_thread(read)
