@@ -1,0 +1,1 @@
+"""The HTTP API (CONTRACT.md): thin routes over the services."""

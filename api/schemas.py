@@ -1,0 +1,164 @@
+"""Request and response shapes of the outside interface (CONTRACT.md)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from models.units import StaffRole, UnitLevel
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Location(Strict):
+    district: str | None = Field(default=None, max_length=100)
+    street: str | None = Field(default=None, max_length=100)
+    community: str | None = Field(default=None, max_length=100)
+    address: str | None = Field(default=None, max_length=500)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    long: float | None = Field(default=None, ge=-180, le=180)
+
+
+class Citizen(Strict):
+    name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+\-\s()]{3,40}$")
+    anonymous: bool = False
+
+
+class CaseCreate(Strict):
+    source: Literal["hotline", "web", "grid", "app", "open311"]
+    source_ref: str = Field(min_length=1, max_length=200)
+    category: str | None = Field(default=None, max_length=64)
+    title: str | None = Field(default=None, max_length=200)
+    description: str = Field(min_length=1, max_length=10000)
+    urgency: Literal["normal", "urgent", "emergency"] = "normal"
+    location: Location = Field(default_factory=Location)
+    citizen: Citizen = Field(default_factory=Citizen)
+    reported_at: datetime | None = None
+
+    @field_validator("reported_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("must carry a UTC offset, e.g. 2026-11-23T09:30:00+08:00")
+        return v
+
+
+class CaseCreated(BaseModel):
+    case_id: str
+    number: str
+    status: str
+    flow_run_id: str | None
+
+
+class UnitEvent(Strict):
+    type: Literal["accept", "reject", "contacted", "progress", "complete", "extend"]
+    note: str | None = Field(default=None, max_length=5000)
+    reason: str | None = Field(default=None, max_length=2000, validate_default=True)
+    resolved: bool | None = Field(default=None, validate_default=True)
+    until: datetime | None = Field(default=None, validate_default=True)
+    pause_reason: str | None = Field(default=None, max_length=64,
+                                     description="with progress: stop the SLA clock (reasons allowed by policy)")
+
+    @field_validator("pause_reason")
+    @classmethod
+    def _pause_only_with_progress(cls, v, info: ValidationInfo):
+        if v is not None and info.data.get("type") != "progress":
+            raise ValueError("only with a progress event")
+        return v
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v, info: ValidationInfo):
+        if info.data.get("type") in ("reject", "extend") and not v:
+            raise ValueError(f"required for {info.data['type']}")
+        return v
+
+    @field_validator("resolved")
+    @classmethod
+    def _resolved(cls, v, info: ValidationInfo):
+        if info.data.get("type") == "complete" and v is None:
+            raise ValueError("required for complete (true or false)")
+        return v
+
+    @field_validator("until")
+    @classmethod
+    def _until(cls, v, info: ValidationInfo):
+        if info.data.get("type") == "extend":
+            if v is None:
+                raise ValueError("required for extend")
+            if v.tzinfo is None:
+                raise ValueError("must carry a UTC offset")
+        return v
+
+
+class FollowUpAnswer(Strict):
+    reached: bool
+    resolved: bool | None = Field(default=None, validate_default=True)
+    satisfaction: Literal["satisfied", "basically_satisfied", "unsatisfied"] | None = Field(
+        default=None, validate_default=True)
+    note: str | None = Field(default=None, max_length=5000)
+
+    @field_validator("resolved", "satisfaction")
+    @classmethod
+    def _answer_when_reached(cls, v, info: ValidationInfo):
+        if info.data.get("reached") and v is None:
+            raise ValueError("required when the citizen was reached")
+        return v
+
+
+class UnitPut(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    level: UnitLevel
+    parent: str | None = Field(default=None, max_length=64)
+    webhook_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://")
+
+
+class StaffCreate(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    role: StaffRole
+    unit: str | None = Field(default=None, max_length=64)
+
+
+class Decision(Strict):
+    action: Literal["reassign", "extend", "take_over", "close"]
+    reason: str = Field(min_length=1, max_length=2000)
+    unit: str | None = Field(default=None, max_length=64, description="reassign: the new lead unit")
+    until: datetime | None = Field(default=None, description="extend: the new completion deadline")
+    approve: bool = Field(default=True, description="extend: approve (true) or refuse (false) the request")
+    leader: str | None = Field(default=None, max_length=100, description="take_over: who takes the case over (包案)")
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, v):
+        if v is not None and v.tzinfo is None:
+            raise ValueError("must carry a UTC offset")
+        return v
+
+
+class ManualDispatch(Strict):
+    unit: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class WhistleCreate(Strict):
+    units: list[str] = Field(min_length=1, max_length=20)
+    kind: Literal["daily", "tough", "emergency"]
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class WhistleReport(Strict):
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class Rating(Strict):
+    unit: str = Field(min_length=1, max_length=64)
+    score: int = Field(ge=1, le=5)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class WhistleRatings(Strict):
+    ratings: list[Rating] = Field(min_length=1)
