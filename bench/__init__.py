@@ -1,0 +1,1 @@
+"""The benchmark (issue 7): `./run bench` — see docs/performance.md."""

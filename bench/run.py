@@ -1,0 +1,431 @@
+"""`./run bench [--smoke] [--lifecycles N] [--burst N] [--open-cases N] [--postgres]`
+
+In one run, against one stack it starts itself (the embedded default: Prefect server on SQLite, `serve`, the API;
+`--postgres` puts our DB and Prefect's on the machine's Postgres), measures:
+1. baseline: empty flow runs/s through `serve`;
+2. full lifecycles/s (intake over HTTP → routed → webhook → unit answers accept, contacted, complete → follow-up
+   answered → closed), with the ratio to (1);
+3. an intake burst: accepts/s, cases lost (counted in our DB), and how fast the backlog is dispatched;
+4. intake → first webhook latency p50/p95 at half the measured lifecycle rate;
+5. escalation latency (response deadline lapses → escalation webhook) p50/p99 with N extra open cases in the DB;
+6. CPU seconds per lifecycle per process group and RSS at start and end.
+Prints a table and writes docs/performance.md (or --out). Never asserts targets: it reports them.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench.stats import Figure, cpu_seconds, fmt, lost, percentile, rate, ratio, rss_mb, table
+from hotline.demo import register_district
+from hotline.receiver import Receiver, Received
+from hotline.runtime import Stack, admin_token, free_port
+from hotline.settings import REPO_ROOT
+
+POSTGRES = os.environ.get("HOTLINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+SLA = {"urgency": {"normal": {"respond_within": "1h", "due_within": "2h"},
+                   "urgent": {"respond_within": "1h", "due_within": "2h"},
+                   "emergency": {"respond_within": "5s", "due_within": "1h"}},
+       "follow_up": {"window": "1h"}, "pause_reasons": ["citizen_unreachable"]}
+
+
+class Units:
+    """Plays the units: answers the bench's lifecycle cases at once (accept, contacted, complete), records when
+    each case's first webhook and each escalation webhook arrived."""
+
+    def __init__(self, tokens: dict[str, str]):
+        self.tokens, self.answer = tokens, set()
+        self.first_webhook: dict[str, float] = {}
+        self.escalated: dict[str, float] = {}
+        self.pool = ThreadPoolExecutor(max_workers=8)
+        self.lock = threading.Lock()
+
+    def on_event(self, item: Received) -> None:
+        number, at = item.data.get("case_number"), time.time()
+        with self.lock:
+            if item.type == "work_order.assigned":
+                self.first_webhook.setdefault(number, at)
+            if item.type in ("work_order.escalated", "escalation.opened"):
+                self.escalated.setdefault(number, at)
+        if item.type == "work_order.assigned" and number in self.answer:
+            self.pool.submit(self._resolve, item)
+
+    def _resolve(self, item: Received) -> None:
+        headers = {"Authorization": f"Bearer {self.tokens[item.unit]}"}
+        with httpx.Client(timeout=60) as client:
+            for event in ({"type": "accept"}, {"type": "contacted"}, {"type": "complete", "resolved": True}):
+                client.post(item.data["callback_url"], json=event, headers=headers)
+
+
+def body(ref: str, **over) -> dict:
+    return {"source": "hotline", "source_ref": ref, "description": "路灯太亮", "category": "street_lights",
+            "location": {"community": "小南庄社区"}, "citizen": {"name": "测试", "phone": f"139{uuid.uuid4().int % 10**8:08d}"}
+            } | over
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.home = Path(tempfile.mkdtemp(prefix="hotline-bench-"))
+        policy_dir = self.home / "policies"
+        shutil.copytree(REPO_ROOT / "policies", policy_dir)
+        (policy_dir / "sla.yaml").write_text(yaml.safe_dump(SLA), encoding="utf-8")
+        esc = yaml.safe_load((policy_dir / "escalation.yaml").read_text(encoding="utf-8"))
+        (policy_dir / "escalation.yaml").write_text(yaml.safe_dump(esc, allow_unicode=True), encoding="utf-8")
+        self.cleanup = lambda: None
+        db_url = prefect_url = None
+        if args.postgres:
+            import psycopg
+            schema, pdb = f"hotline_bench_{uuid.uuid4().hex[:8]}", f"prefect_bench_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(POSTGRES, autocommit=True) as conn:
+                conn.execute(f'CREATE SCHEMA "{schema}"')
+                conn.execute(f'CREATE DATABASE "{pdb}"')
+            db_url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1) + f"?options=-csearch_path%3D{schema}"
+            prefect_url = POSTGRES.replace("postgresql://", "postgresql+asyncpg://", 1).rsplit("/", 1)[0] + f"/{pdb}"
+
+            def cleanup():
+                with psycopg.connect(POSTGRES, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                    conn.execute(f'DROP DATABASE IF EXISTS "{pdb}" WITH (FORCE)')
+            self.cleanup = cleanup
+        self.db_url = db_url or f"sqlite:///{self.home / 'hotline.db'}"
+        self.stack = Stack(home=self.home, api_port=free_port(), prefect_port=free_port(), database_url=db_url,
+                           prefect_database_url=prefect_url, policy_dir=policy_dir, watch_interval_seconds=2,
+                           quiet=True)
+        self.receiver = Receiver(port=free_port())
+        self.figures: list[Figure] = []
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def post(client: httpx.Client, path: str, body: dict) -> dict:
+        """POST to Prefect, retrying its 503s (SQLite busy) as Prefect's own client does."""
+        for attempt in range(20):
+            r = client.post(path, json=body)
+            if r.status_code != 503:
+                r.raise_for_status()
+                return r.json()
+            time.sleep(min(5.0, 0.5 * (attempt + 1)))
+        r.raise_for_status()
+        return r.json()
+
+    def db(self):
+        from sqlalchemy import create_engine
+        url = self.db_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        return create_engine(url)
+
+    def count(self, sql: str, **params) -> int:
+        from sqlalchemy import text
+        with self.db().connect() as conn:
+            return conn.execute(text(sql), params).scalar_one()
+
+    def procs(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.stack.procs.items() if name in ("prefect-server", "serve", "api")}
+
+    def cpu(self) -> dict[str, float]:
+        out = {name: cpu_seconds(pid) for name, pid in self.procs().items()}
+        if self.args.postgres:
+            out["postgres"] = sum(cpu_seconds(int(pid), with_children=False) for pid in os.listdir("/proc")
+                                  if pid.isdigit() and _cmd(pid).startswith("postgres"))
+        return out
+
+    def rss(self) -> dict[str, float | None]:
+        return {name: rss_mb(pid)[0] for name, pid in self.procs().items()}
+
+    # ------------------------------------------------------------ the measurements
+
+    def baseline(self, n: int) -> float | None:
+        """Empty flow runs/s through `serve` (each run is a fresh subprocess)."""
+        self.stack._spawn("bench-serve", [sys.executable, "-m", "bench.empty_flow"])
+        prefect = httpx.Client(base_url=self.stack.prefect_url, timeout=60)
+        deadline = time.monotonic() + 120
+        while (r := prefect.get("/api/deployments/name/bench-empty/bench")).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the baseline deployment did not register")
+            time.sleep(0.5)
+        dep = r.json()["id"]
+        start = time.monotonic()
+        ids = [self.post(prefect, f"/api/deployments/{dep}/create_flow_run", {})["id"] for _ in range(n)]
+        while True:
+            runs = self.post(prefect, "/api/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
+            done = sum(1 for run in runs if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED"))
+            if done == n:
+                break
+            if time.monotonic() - start > 60 + 10 * n:
+                self.notes.append(f"baseline: only {done} of {n} empty runs finished")
+                break
+            time.sleep(0.25)
+        elapsed = time.monotonic() - start
+        proc = self.stack.procs.pop("bench-serve")
+        os.killpg(proc.pid, 15)
+        return rate(done, elapsed)
+
+    def lifecycles(self, api: httpx.Client, units: Units, follow_up: dict, n: int) -> float | None:
+        refs = [f"life-{uuid.uuid4().hex[:12]}" for _ in range(n)]
+        start = time.monotonic()
+        ids = []
+        for ref in refs:
+            created = api.post("/api/cases", json=body(ref)).json()
+            units.answer.add(created["number"])
+            ids.append(created["case_id"])
+        open_ids, answered = set(ids), set()
+        deadline = start + 120 + 20 * n
+        while open_ids and time.monotonic() < deadline:
+            for item in api.get("/api/follow-ups?status=open", headers=follow_up).json():
+                if item["case_id"] in open_ids and item["case_id"] not in answered:
+                    r = api.post(f"/api/cases/{item['case_id']}/follow-up", headers=follow_up,
+                                 json={"reached": True, "resolved": True, "satisfaction": "satisfied"})
+                    if r.status_code == 200:
+                        answered.add(item["case_id"])
+            closed = self.count(f"SELECT count(*) FROM \"case\" WHERE status = 'closed' AND id IN ({','.join(ids)})")
+            if closed == len(ids):
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - start
+        closed = self.count(f"SELECT count(*) FROM \"case\" WHERE status = 'closed' AND id IN ({','.join(ids)})")
+        if closed < n:
+            self.notes.append(f"lifecycles: only {closed} of {n} closed within the time limit")
+        return rate(closed, elapsed)
+
+    def burst(self, n: int) -> tuple[float | None, int, float | None, int]:
+        """(accepts/s, lost, dispatch rate during drain, dispatched within the drain limit)."""
+        refs = [f"burst-{uuid.uuid4().hex[:12]}" for _ in range(n)]
+        accepted: list[str] = []
+
+        async def post_all():
+            sem = asyncio.Semaphore(64)
+            async with httpx.AsyncClient(base_url=self.stack.api_url, timeout=120) as client:
+                async def one(ref):
+                    async with sem:
+                        r = await client.post("/api/cases", json=body(ref))
+                        if r.status_code in (200, 201):
+                            accepted.append(ref)
+                await asyncio.gather(*(one(r) for r in refs))
+        start = time.monotonic()
+        asyncio.run(post_all())
+        accept_rate = rate(len(accepted), time.monotonic() - start)
+        stored = [row for row in self._refs("burst-%")]
+        missing = lost(accepted, stored)
+        if len(accepted) < n:
+            self.notes.append(f"burst: {n - len(accepted)} of {n} posts were not accepted")
+        drain_start = time.monotonic()
+        limit = self.args.drain_seconds
+        dispatched = 0
+        while time.monotonic() - drain_start < limit:
+            dispatched = self.count("SELECT count(*) FROM \"case\" WHERE source_ref LIKE 'burst-%' "
+                                    "AND status <> 'received'")
+            if dispatched >= len(accepted):
+                break
+            time.sleep(1)
+        drain = time.monotonic() - drain_start
+        return accept_rate, len(missing), rate(dispatched, drain), dispatched
+
+    def _refs(self, pattern: str) -> list[str]:
+        from sqlalchemy import text
+        with self.db().connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT source_ref FROM \"case\" WHERE source_ref LIKE :p"),
+                                               {"p": pattern})]
+
+    def latency(self, api: httpx.Client, units: Units, n: int, per_second: float) -> list[float]:
+        """Intake → first work_order.assigned webhook received, submitting at `per_second`."""
+        sent: dict[str, float] = {}
+        for i in range(n):
+            t0 = time.time()
+            created = api.post("/api/cases", json=body(f"lat-{uuid.uuid4().hex[:12]}")).json()
+            sent[created["number"]] = t0
+            time.sleep(max(0.0, 1 / per_second - (time.time() - t0)))
+        deadline = time.monotonic() + 120 + 5 * n
+        while time.monotonic() < deadline and not all(num in units.first_webhook for num in sent):
+            time.sleep(0.5)
+        return [units.first_webhook[num] - t0 for num, t0 in sent.items() if num in units.first_webhook]
+
+    def seed_open_cases(self, n: int) -> float:
+        """Insert `n` open cases with accepted orders whose deadlines are far away (no flow runs)."""
+        from sqlalchemy import text
+        from hotline.clock import now
+        far = now() + timedelta(days=365)
+        t0 = time.monotonic()
+        engine = self.db()
+        with engine.begin() as conn:
+            base = conn.execute(text('SELECT coalesce(max(id), 0) FROM "case"')).scalar_one()
+            batch = 5000
+            for lo in range(0, n, batch):
+                # a flow_run_id, as cases with a waiting run have: the watch must not start runs for them
+                rows = [{"id": base + i + 1, "number": f"SEED{base + i + 1:010d}", "ref": f"seed-{base + i + 1}",
+                         "run": str(uuid.uuid4())} for i in range(lo, min(n, lo + batch))]
+                conn.execute(text(
+                    'INSERT INTO "case" (id, number, source, source_ref, category, description, urgency, location, '
+                    "anonymous, reported_at, district, street, community, status, lead_unit, reopen_count, wait_seq, "
+                    "follow_up_attempts, flow_run_id, created_at, updated_at) VALUES (:id, :number, 'hotline', :ref, "
+                    "'street_lights', 'seed', 'normal', '{}', false, :at, 'haidian', 'haidian_st', 'xiaonanzhuang', "
+                    "'handling', 'haidian_st', 0, 0, 0, :run, :at, :at)"), [r | {"at": now()} for r in rows])
+                conn.execute(text(
+                    "INSERT INTO workorder (case_id, unit, role, status, reason, respond_by, due_at, respond_lapsed, "
+                    "due_lapsed, reminders_sent, created_at, updated_at) VALUES (:id, 'haidian_st', 'lead', "
+                    "'accepted', 'seed', :far, :far, false, false, 0, :at, :at)"),
+                    [{"id": r["id"], "far": far, "at": now()} for r in rows])
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT setval(pg_get_serial_sequence('\"case\"', 'id'), "
+                                  '(SELECT max(id) FROM "case"))'))
+        return time.monotonic() - t0
+
+    def escalations(self, api: httpx.Client, units: Units, n: int) -> list[float]:
+        """Response deadline (5 s after intake) lapses → escalation webhook received."""
+        due: dict[str, float] = {}
+        for _ in range(n):
+            created = api.post("/api/cases", json=body(f"esc-{uuid.uuid4().hex[:12]}", urgency="emergency")).json()
+            detail = api.get(f"/api/cases/{created['case_id']}", headers=self.admin).json()
+            due[created["number"]] = (created["case_id"], detail)
+        # the respond_by of each first order, from the case detail once the order exists
+        deadlines: dict[str, float] = {}
+        limit = time.monotonic() + 300
+        while time.monotonic() < limit and len(deadlines) < n:
+            for number, (case_id, _) in due.items():
+                if number in deadlines:
+                    continue
+                d = api.get(f"/api/cases/{case_id}", headers=self.admin).json()
+                if d["work_orders"]:
+                    from datetime import datetime
+                    deadlines[number] = datetime.fromisoformat(d["work_orders"][0]["respond_by"]).timestamp()
+            time.sleep(1)
+        limit = time.monotonic() + 300
+        while time.monotonic() < limit and not all(num in units.escalated for num in deadlines):
+            time.sleep(0.5)
+        return [units.escalated[num] - at for num, at in deadlines.items() if num in units.escalated]
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> str:
+        a = self.args
+        self.stack.start()
+        self.admin = {"Authorization": f"Bearer {admin_token(self.home)}"}
+        api = httpx.Client(base_url=self.stack.api_url, timeout=120)
+        district = register_district(api, admin_token(self.home), self.receiver)
+        units = Units(district.unit_tokens)
+        self.receiver.on_event = units.on_event
+        self.receiver.start()
+        follow_up = {"Authorization": f"Bearer {district.staff_tokens['follow_up']}"}
+        rss_start = self.rss()
+        print(f"stack up in {self.home}; measuring …", flush=True)
+
+        base = self.baseline(a.baseline_runs)
+        self.figures.append(Figure("empty flow runs/s through serve (baseline)", base, "runs/s"))
+
+        cpu0 = self.cpu()
+        life = self.lifecycles(api, units, follow_up, a.lifecycles)
+        cpu1 = self.cpu()
+        self.figures.append(Figure("full lifecycles/s (intake → webhook → answers → follow-up → closed)", life,
+                                   "cases/s", ratio(life, base), ">= 1.5"))
+        for name in cpu1:
+            per = (cpu1[name] - cpu0.get(name, 0)) / a.lifecycles if a.lifecycles else None
+            self.figures.append(Figure(f"CPU per lifecycle: {name}", per, "s"))
+
+        per_second = max(0.1, (life or 0.2) / 2)  # half the measured sustainable rate
+        lat = self.latency(api, units, a.latency_cases, per_second)
+        self.figures.append(Figure(f"intake → first webhook p50 (at {per_second:.2f}/s)", percentile(lat, 50), "s"))
+        self.figures.append(Figure("intake → first webhook p95", percentile(lat, 95), "s", target="<= 5"))
+
+        seeded = self.seed_open_cases(a.open_cases)
+        esc = self.escalations(api, units, a.escalation_cases)
+        self.figures.append(Figure(f"escalation latency p50 with {a.open_cases:,} extra open cases",
+                                   percentile(esc, 50), "s", note=f"(seeded in {seeded:.1f} s)"))
+        self.figures.append(Figure("escalation latency p99", percentile(esc, 99), "s", target="<= 60"))
+
+        # last: the burst's backlog keeps the stack busy long after the measurement
+        accept, missing, drain_rate, dispatched = self.burst(a.burst)
+        self.figures.append(Figure(f"intake burst of {a.burst}: durable accepts/s", accept, "cases/s",
+                                   target=">= 300"))
+        self.figures.append(Figure("cases lost (accepted, not in DB)", missing, "cases", target="<= 0"))
+        self.figures.append(Figure("backlog dispatch rate (flow runs started and routed)", drain_rate, "cases/s",
+                                   note=f"{dispatched} of {a.burst} dispatched within {a.drain_seconds} s"))
+
+        rss_end = self.rss()
+        for name in rss_end:
+            growth = ratio(rss_end[name], rss_start.get(name))
+            self.figures.append(Figure(f"RSS {name}: start {fmt(rss_start.get(name), 0)} MB → end", rss_end[name],
+                                       "MB", growth))
+        return self.report()
+
+    def report(self) -> str:
+        a = self.args
+        versions = {p: metadata.version(p) for p in ("prefect", "sqlalchemy", "fastapi", "httpx")}
+        mem = next((int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   platform.processor())
+        command = "./run bench " + " ".join(sys.argv[1:])
+        return "\n".join([
+            "# Performance",
+            "",
+            f"Measured by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            "",
+            f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:,} MB RAM; Python {platform.python_version()}; "
+            + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+            f"- Topology: the embedded default — Prefect server ({'Postgres' if a.postgres else 'SQLite'}), "
+            f"`serve` (a subprocess per flow run), one API process (uvicorn); our DB on "
+            f"{'Postgres' if a.postgres else 'SQLite'}; deadline watch every 2 s; webhooks to a local receiver "
+            f"that answers the bench's cases at once.",
+            f"- Sizes: {a.baseline_runs} baseline runs, {a.lifecycles} lifecycles, burst {a.burst}, "
+            f"{a.latency_cases} latency cases, {a.open_cases:,} extra open cases, {a.escalation_cases} escalations.",
+            "",
+            table(self.figures),
+            "",
+            *(f"- {n}" for n in self.notes),
+        ])
+
+
+def _cmd(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace").rsplit("/", 1)[-1]
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="./run bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (CI): a few minutes, no targets judged")
+    p.add_argument("--postgres", action="store_true", help="our DB and Prefect's on Postgres")
+    p.add_argument("--baseline-runs", type=int, default=30)
+    p.add_argument("--lifecycles", type=int, default=10_000)
+    p.add_argument("--burst", type=int, default=10_000)
+    p.add_argument("--drain-seconds", type=int, default=600)
+    p.add_argument("--latency-cases", type=int, default=30)
+    p.add_argument("--open-cases", type=int, default=100_000)
+    p.add_argument("--escalation-cases", type=int, default=20)
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "performance.md")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.baseline_runs, a.lifecycles, a.burst, a.drain_seconds = 3, 3, 30, 60
+        a.latency_cases, a.open_cases, a.escalation_cases = 3, 500, 2
+    bench = Bench(a)
+    try:
+        text = bench.run()
+    finally:
+        bench.stack.stop()
+        bench.receiver.stop()
+        bench.cleanup()
+    print(text)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(text + "\n", encoding="utf-8")
+    print(f"\nwritten to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

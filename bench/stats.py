@@ -1,0 +1,120 @@
+"""The benchmark's arithmetic, kept pure so it is unit-tested: percentiles, rates, lost cases, process CPU and
+memory from /proc, and the report table."""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default); None for no values."""
+    if not values:
+        return None
+    if not 0 <= p <= 100:
+        raise ValueError(f"p must be in [0, 100], not {p}")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def rate(count: int, seconds: float) -> float | None:
+    return count / seconds if seconds > 0 else None
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    return value / baseline if value is not None and baseline else None
+
+
+def lost(sent: Iterable[str], stored: Iterable[str]) -> list[str]:
+    """References accepted by the API but missing from the DB (should be empty)."""
+    return sorted(set(sent) - set(stored))
+
+
+# ---------------------------------------------------------------- processes (Linux /proc)
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def children(pid: int) -> list[int]:
+    """All descendants of `pid` (via /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def cpu_seconds(pid: int, *, with_children: bool = True) -> float:
+    """User + system CPU of `pid` (and its live descendants, plus reaped children's times) in seconds."""
+    total = 0.0
+    for p in [pid, *(children(pid) if with_children else [])]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        total += (utime + stime + (cutime + cstime if p == pid else 0)) / _TICKS
+    return total
+
+
+def rss_mb(pid: int) -> tuple[float | None, float | None]:
+    """(current RSS, peak RSS) of one process in MB."""
+    current = peak = None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return current, peak
+
+
+# ---------------------------------------------------------------- the report table
+
+@dataclass
+class Figure:
+    name: str
+    value: float | None
+    unit: str
+    ratio: float | None = None       # against the baseline of the same run
+    target: str | None = None        # e.g. ">= 1.5"
+    note: str = ""
+
+    def met(self) -> str:
+        if self.target is None or self.value is None:
+            return ""
+        op, bound = self.target.split()
+        value, bound = self.value, float(bound)
+        ok = value >= bound if op == ">=" else value <= bound
+        return "met" if ok else "NOT met"
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def table(figures: list[Figure]) -> str:
+    """A Markdown table (also readable in a terminal)."""
+    lines = ["| figure | value | unit | × baseline | target | |", "|---|---:|---|---:|---|---|"]
+    for f in figures:
+        lines.append(f"| {f.name} | {fmt(f.value)} | {f.unit} | {fmt(f.ratio)} | {f.target or ''} | "
+                     f"{f.met()} {f.note}".rstrip() + " |")
+    return "\n".join(lines)
