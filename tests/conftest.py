@@ -122,13 +122,8 @@ class Env:
         return run
 
     def prefect_post(self, path: str, body: dict) -> httpx.Response:
-        """POST to Prefect's REST API, retrying 503 as Prefect's own client does (SQLite write locks)."""
-        for attempt in range(10):
-            r = self.prefect.post(path, json=body)
-            if r.status_code != 503:
-                break
-            time.sleep(0.5 * (attempt + 1))
-        return r
+        """POST to Prefect's REST API (the client retries 503s, see `Retry503`)."""
+        return self.prefect.post(path, json=body)
 
     def resume(self, flow_run_id: str, run_input: dict) -> dict:
         r = self.prefect_post(f"/api/flow_runs/{flow_run_id}/resume", {"run_input": run_input})
@@ -155,6 +150,21 @@ class Env:
         """The shipped responsibility list with extra rules in front."""
         shipped = yaml.safe_load((REPO_ROOT / "policies" / "routing.yaml").read_text(encoding="utf-8"))
         return {"on_reject": on_reject, "rules": [*rules, *shipped["rules"]]}
+
+
+class Retry503(httpx.HTTPTransport):
+    """Retry Prefect's 503 "database is locked" answers (SQLite write locks under load), as Prefect's own client
+    does; every other answer is returned as it is."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(10):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.5 * (attempt + 1))
+        return response
 
 
 def _postgres_schema() -> tuple[str, Callable[[], None]]:
@@ -195,8 +205,8 @@ def env(request) -> Iterator[Env]:
         api = httpx.Client(base_url=stack.api_url, timeout=60)
         admin = {"Authorization": f"Bearer {admin_token(home)}"}
         district = register_district(api, admin_token(home), receiver)
-        yield Env(backend, stack, api, httpx.Client(base_url=stack.prefect_url, timeout=90), receiver, district,
-                  admin, policy_dir)
+        prefect = httpx.Client(base_url=stack.prefect_url, timeout=90, transport=Retry503())
+        yield Env(backend, stack, api, prefect, receiver, district, admin, policy_dir)
     finally:
         stack.stop()
         receiver.stop()

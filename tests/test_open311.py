@@ -78,12 +78,19 @@ def wait_request(env: Env, number: str, until: Callable[[dict], bool], what: str
 
 
 def flow_runs(env: Env, number: str) -> list[dict]:
-    return env.prefect.post("/api/flow_runs/filter", json={"flow_runs": {"name": {"any_": [number]}}}).json()
+    r = env.prefect_post("/api/flow_runs/filter", {"flow_runs": {"name": {"any_": [number]}}})
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def case_id_of(env: Env, number: str) -> str:
-    """The case's run is named by its number and carries only the case id."""
-    [run] = flow_runs(env, number)
+    """The case's run is named by its number and carries only the case id. When Prefect is too busy to create the
+    run within intake's bound, the deadline watch starts it: wait for it rather than expect it at once."""
+    deadline = time.monotonic() + FLOW_TIMEOUT
+    while not (runs := flow_runs(env, number)):
+        assert time.monotonic() < deadline, f"no flow run named {number}"
+        time.sleep(0.5)
+    [run] = runs
     return str(run["parameters"]["case_id"])
 
 
