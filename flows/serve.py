@@ -1,7 +1,12 @@
-"""Serve our deployments from this process (the embedded default; production uses workers, see prefect.yaml)."""
+"""Serve our deployments from this process (the embedded default; production uses workers, see prefect.yaml).
+
+`serve` starts a fresh Python process for every flow run. `flows/executor.py` runs the same deployments in one
+event loop instead (`HOTLINE_EXECUTOR=inprocess`)."""
 from __future__ import annotations
 
-from prefect import serve
+from typing import Any
+
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
@@ -11,28 +16,33 @@ from flows.monthly_report import monthly_report
 from hotline.settings import get_settings
 
 
-def main() -> None:
+def deployment_options() -> list[tuple[Flow, dict[str, Any]]]:
+    """The case flow, the deadline watch and the monthly report, with the options the embedded default deploys
+    them with (`Flow.to_deployment` here, `Flow.ato_deployment` in the in-process executor)."""
     settings = get_settings()
-    serve(
-        case_lifecycle.to_deployment(
+    return [
+        (case_lifecycle, dict(
             name="hotline", tags=["hotline", "case"],
             description="One run per citizen request; started by the API with the case id only.",
-        ),
-        deadline_watch.to_deployment(
+        )),
+        (deadline_watch, dict(
             name="hotline", tags=["hotline", "watch"], interval=settings.watch_interval_seconds,
             # one watch at a time: a run that finds one still busy is cancelled, so a slow round never piles up
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             description="Finds lapsed deadlines and follow-up windows, escalates, retries deliveries.",
-        ),
-        monthly_report.to_deployment(
+        )),
+        (monthly_report, dict(
             name="hotline", tags=["hotline", "report"],
             # 02:00 local time on the 1st: the report of the month that just ended
             schedules=[Cron("0 2 1 * *", timezone=settings.timezone)],
             description="The monthly report of the previous month: report.html and CSV files under "
                         "<home>/reports/<month>/, and the rates table as the artifact rates-<month>.",
-        ),
-        limit=None,
-    )
+        )),
+    ]
+
+
+def main() -> None:
+    serve(*(flow.to_deployment(**options) for flow, options in deployment_options()), limit=None)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ def _start(home: Path | None, api_port: int, prefect_port: int, policy_dir: Path
     settings = get_settings()
     home = (home or settings.home).resolve()
     stack = Stack(home=home, api_port=api_port, prefect_port=prefect_port, policy_dir=policy_dir,
-                  database_url=settings.database_url, watch_interval_seconds=settings.watch_interval_seconds)
-    typer.echo(f"starting in {home} (Prefect server on SQLite, serve, API) …")
+                  database_url=settings.database_url, watch_interval_seconds=settings.watch_interval_seconds,
+                  executor=settings.executor)
+    runner = "the in-process executor" if settings.executor == "inprocess" else "serve"
+    typer.echo(f"starting in {home} (Prefect server on SQLite, {runner}, API) …")
     stack.start()
     typer.echo(f"API:        {stack.api_url}  (OpenAPI: {stack.api_url}/docs)")
     typer.echo(f"Prefect UI: {stack.prefect_url}")

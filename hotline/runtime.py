@@ -48,8 +48,14 @@ class Stack:
     prefect_database_url: str | None = None  # default: SQLite under home (e.g. postgresql+asyncpg://… instead)
     policy_dir: Path | None = None
     watch_interval_seconds: int = 10
+    executor: str = "serve"  # "serve": a process per flow run; "inprocess": flows/executor.py, one event loop
     quiet: bool = False
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def runner(self) -> str:
+        """The name of the process that runs our flows (and of its log file)."""
+        return "executor" if self.executor == "inprocess" else "serve"
 
     @property
     def api_url(self) -> str:
@@ -80,6 +86,7 @@ class Stack:
             "HOTLINE_API_PORT": str(self.api_port),
             "HOTLINE_ADMIN_TOKEN": admin_token(self.home),
             "HOTLINE_WATCH_INTERVAL_SECONDS": str(self.watch_interval_seconds),
+            "HOTLINE_EXECUTOR": self.executor,
         })
         if self.database_url:
             env["HOTLINE_DATABASE_URL"] = self.database_url
@@ -111,8 +118,8 @@ class Stack:
     def _wait_deployments(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.procs["serve"].poll() is not None:
-                raise RuntimeError(f"serve exited; see {self.home / 'logs' / 'serve.log'}")
+            if self.procs[self.runner].poll() is not None:
+                raise RuntimeError(f"{self.runner} exited; see {self.home / 'logs' / (self.runner + '.log')}")
             try:
                 r = httpx.post(f"{self.prefect_url}/api/deployments/filter", json={}, timeout=5)
                 if r.status_code == 200 and len(r.json()) >= 2:
@@ -128,15 +135,17 @@ class Stack:
         self._spawn("prefect-server", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                        "--port", str(self.prefect_port), "--no-ui" if self.quiet else "--ui"])
         self._wait_http("prefect-server", f"{self.prefect_url}/api/health", 180)
-        self._spawn("serve", [py, "-m", "flows.serve"])
+        if self.executor not in ("serve", "inprocess"):
+            raise ValueError(f"executor: 'serve' or 'inprocess', not {self.executor!r}")
         self._spawn("api", [py, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
                             "--port", str(self.api_port), "--log-level", "warning"])
-        self._wait_http("api", f"{self.api_url}/api/health", 120)
+        self._wait_http("api", f"{self.api_url}/api/health", 120)  # the API creates our schema
+        self._spawn(self.runner, [py, "-m", f"flows.{self.runner}"])
         self._wait_deployments(120)
         return self
 
     def stop(self) -> None:
-        for name in ("api", "serve", "prefect-server"):
+        for name in ("api", "serve", "executor", "prefect-server"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     prefect_port: int = 4200
     timezone: str = "Asia/Shanghai"
     watch_interval_seconds: int = 10
+    executor: str = Field(default="serve", description="serve (a process per flow run) or inprocess (flows/executor.py)")
+    executor_limit: int = Field(default=100, description="in-process executor: flow runs at once")
+    executor_heartbeat_seconds: float = 5
+    executor_dead_after_seconds: float = Field(default=30, description="an executor silent this long is dead")
     webhook_timeout_seconds: float = 5.0
 
     @property

@@ -3,6 +3,7 @@ from models.alerts import OpsAlert
 from models.cases import Case, TimelineEntry
 from models.deliveries import Delivery, DeliveryAttempt
 from models.escalations import Escalation
+from models.executors import ExecutorBeat
 from models.repeats import CaseLink
 from models.signals import CaseSignal
 from models.states import CaseStatus, WorkOrderStatus
@@ -11,6 +12,6 @@ from models.whistles import Summons, Whistle
 from models.work_orders import WorkOrder
 
 __all__ = [
-    "Case", "CaseLink", "TimelineEntry", "Delivery", "DeliveryAttempt", "OpsAlert", "Escalation", "CaseSignal",
+    "Case", "CaseLink", "TimelineEntry", "Delivery", "DeliveryAttempt", "OpsAlert", "Escalation", "ExecutorBeat", "CaseSignal",
     "CaseStatus", "WorkOrderStatus", "Staff", "Summons", "Unit", "Whistle", "WorkOrder",
 ]

@@ -182,9 +182,9 @@ def _postgres_schema() -> tuple[str, Callable[[], None]]:
     return f"{base}{sep}options=-csearch_path%3D{schema}", drop
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def env(request) -> Iterator[Env]:
-    backend = request.param
+@contextmanager
+def stack_env(request, backend: str, **stack_options) -> Iterator[Env]:
+    """A whole stack (Prefect server, the flow runner, the API) with the demo district, on our DB `backend`."""
     # Not tmp_path_factory: pytest prunes old basetemp folders, which would delete a stack's files under a
     # concurrently running session. Kept after a failure for the logs.
     home = Path(tempfile.mkdtemp(prefix=f"hotline-stack-{backend}-"))
@@ -197,8 +197,9 @@ def env(request) -> Iterator[Env]:
     # slot after serve was killed (test_deliveries' crash test) — see the notes of issue 7.
     database_url, cleanup = (None, lambda: None) if backend == "sqlite" else _postgres_schema()
     stack = Stack(home=home, api_port=free_port(), prefect_port=free_port(), database_url=database_url,
-                  policy_dir=policy_dir, watch_interval_seconds=4, quiet=True)
+                  policy_dir=policy_dir, watch_interval_seconds=4, quiet=True, **stack_options)
     receiver = Receiver(port=free_port()).start()
+    failed_before = request.session.testsfailed
     try:
         stack.start()
         # generous timeouts: on 2 busy cores Prefect's SQLite may hold a request up to its 30 s lock timeout
@@ -211,7 +212,7 @@ def env(request) -> Iterator[Env]:
         stack.stop()
         receiver.stop()
         cleanup()
-        if not request.session.testsfailed:
+        if request.session.testsfailed == failed_before:
             shutil.rmtree(home, ignore_errors=True)
         else:  # show the stack's logs in the CI output (pytest would swallow a session teardown's prints)
             logs = home / "logs"
@@ -220,6 +221,13 @@ def env(request) -> Iterator[Env]:
                 for log in sorted(logs.glob("*.log")) if logs.exists() else []:
                     tail = log.read_text(errors="replace").splitlines()[-60:]
                     print(f"\n----- {backend}: {log.name} (last 60 lines) -----\n" + "\n".join(tail))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def env(request) -> Iterator[Env]:
+    """The stack as the embedded default runs it (`serve`: a process per flow run)."""
+    with stack_env(request, request.param) as built:
+        yield built
 
 
 # ---------------------------------------------------------------- fast tests: a temporary DB, no stack

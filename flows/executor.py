@@ -1,0 +1,292 @@
+"""The in-process executor: runs our deployments' flow runs in one event loop instead of a process per run.
+
+`serve` starts a fresh Python process for every flow run (~1 s of CPU each), and a case runs three or more times
+(intake, the unit's answers, the follow-up). Our flows are async, so one process can run many of them at once.
+The executor keeps Prefect's guarantees by going through the server's orchestration exactly as `serve` does:
+
+- **One executor per run**: a scheduled run is claimed by proposing `Pending`; the server accepts that once, so
+  two executors never run the same run (and deployment concurrency limits, e.g. the deadline watch's, hold).
+  The run then goes through Prefect's own engine (`run_flow_async`): states, task runs, logs, pauses, as in a
+  subprocess.
+- **Cancellation**: a run an operator cancels (state `Cancelling`) is stopped and marked `Cancelled`.
+- **Crash detection**: every executor writes a heartbeat to our DB (`models.executors.ExecutorBeat`) and marks
+  the runs it claims with its id (the run's `infrastructure_pid`). When an executor stops beating, the oldest
+  live executor (one reaper at a time) reschedules the dead one's running runs; they replay from the top, which
+  the case flow makes safe (every step is idempotent against our DB). A run left `Pending` past the same bound
+  (its executor died between the claim and the start) is rescheduled too.
+- **Stopping**: on SIGTERM/SIGINT it stops claiming, lets running runs finish for a grace period, and
+  reschedules whatever is still running, so nothing waits for the crash bound.
+
+`serve` (flows/serve.py) and Prefect workers (prefect.yaml) keep working for anyone who prefers them; use one way
+per installation. `python -m flows.executor` runs it; `HOTLINE_EXECUTOR=inprocess` makes `./run up` use it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import Abort, Pause
+from prefect.flow_engine import run_flow_async
+from prefect.flows import Flow
+from prefect.states import Cancelled, Crashed, Pending, Scheduled
+from prefect.utilities.engine import propose_state
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from flows.case_flow import case_lifecycle
+from flows.serve import deployment_options
+from hotline.clock import now
+from hotline.db import read_scope, session_scope
+from hotline.settings import get_settings
+from models import ExecutorBeat
+
+log = logging.getLogger("hotline.executor")
+
+REPLAYABLE = {case_lifecycle.name}
+REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)  # flows whose runs may simply run again from the top after a crash
+
+
+class Executor:
+    """Claims and runs the scheduled runs of our deployments in this process's event loop."""
+
+    def __init__(self, *, limit: int = 100, poll_seconds: float = 0.5, heartbeat_seconds: float = 5,
+                 dead_after_seconds: float = 30, grace_seconds: float = 20, executor_id: str | None = None):
+        self.id = executor_id or f"executor:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.limit, self.poll_seconds = limit, poll_seconds
+        self.heartbeat_seconds, self.dead_after = heartbeat_seconds, timedelta(seconds=dead_after_seconds)
+        self.grace_seconds = grace_seconds
+        self.flows: dict[UUID, Flow] = {}        # deployment id -> flow
+        self.running: dict[UUID, asyncio.Task] = {}
+        self.stopping = asyncio.Event()
+        self.counts = {"claimed": 0, "finished": 0, "paused": 0, "failed": 0, "cancelled": 0, "rescheduled": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Register the deployments (as `serve` does) and this executor's first heartbeat. The API creates our
+        schema; until it has, the heartbeat fails and is tried again on the next beat."""
+        for flow, options in deployment_options():
+            deployment = await flow.ato_deployment(**options)
+            self.flows[await deployment.aapply()] = flow
+        try:
+            await asyncio.to_thread(self._beat)
+        except Exception as exc:
+            log.warning("first heartbeat failed (is our schema created?): %s", exc)
+        log.info("executor %s serves %s", self.id, ", ".join(sorted(f.name for f in self.flows.values())))
+
+    async def run(self) -> None:
+        await self.start()
+        async with get_client() as client:
+            loops = [asyncio.create_task(self._poll_loop(client)), asyncio.create_task(self._watch_loop(client))]
+            await self.stopping.wait()
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._drain(client)
+        await asyncio.to_thread(self._retire)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # ------------------------------------------------------------------ claiming and running
+
+    async def _poll_loop(self, client: PrefectClient) -> None:
+        while True:
+            try:
+                await self.poll_once(client)
+            except Exception as exc:  # Prefect unreachable for a moment: try again on the next tick
+                log.warning("polling for scheduled runs failed: %s", exc)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def poll_once(self, client: PrefectClient) -> int:
+        """Claim and start as many due runs as there are free slots. Returns how many were started."""
+        free = self.limit - len(self.running)
+        if free <= 0 or self.stopping.is_set():
+            return 0
+        due = await client.get_scheduled_flow_runs_for_deployments(
+            deployment_ids=list(self.flows), scheduled_before=now(), limit=free)
+        due.sort(key=lambda r: (r.next_scheduled_start_time is None, r.next_scheduled_start_time))
+        started = 0
+        for flow_run in due:
+            if flow_run.id in self.running or not await self._claim(client, flow_run):
+                continue
+            task = asyncio.create_task(self._execute(flow_run), name=f"flow-run-{flow_run.id}")
+            self.running[flow_run.id] = task
+            task.add_done_callback(lambda _t, run_id=flow_run.id: self.running.pop(run_id, None))
+            started += 1
+        return started
+
+    async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> bool:
+        """Propose Pending: the server accepts it for one claimant only. Then mark the run as ours."""
+        try:
+            state = await propose_state(client, Pending(), flow_run_id=flow_run.id)
+        except Abort:
+            return False  # another executor claimed it, or a concurrency limit refused it
+        except Exception as exc:
+            log.warning("could not claim flow run %s: %s", flow_run.id, exc)
+            return False
+        if not state.is_pending():
+            return False
+        await client.update_flow_run(flow_run.id, infrastructure_pid=self.id)
+        self.counts["claimed"] += 1
+        return True
+
+    async def _execute(self, flow_run: FlowRun) -> None:
+        """Run one claimed run through Prefect's engine; a pause (suspension) simply ends this execution."""
+        flow = self.flows[flow_run.deployment_id]
+        try:
+            state = await run_flow_async(flow, flow_run=flow_run, parameters=flow_run.parameters or None,
+                                         return_type="state")
+            self.counts["failed" if state.is_failed() or state.is_crashed() else "finished"] += 1
+        except Pause:
+            self.counts["paused"] += 1
+        except Abort as exc:
+            log.info("flow run %s aborted by the server: %s", flow_run.id, exc)
+        except asyncio.CancelledError:
+            self.counts["cancelled"] += 1
+            raise
+        except Exception as exc:  # the engine has recorded the failure on the run
+            self.counts["failed"] += 1
+            log.warning("flow run %s ended with %s", flow_run.id, exc)
+
+    # ------------------------------------------------------------------ heartbeats, cancellation, crashes
+
+    async def _watch_loop(self, client: PrefectClient) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            for step in (self._heartbeat, self._cancel_requested, self.reap):
+                try:
+                    await step(client)
+                except Exception as exc:
+                    log.warning("executor %s: %s failed: %s", self.id, step.__name__, exc)
+
+    async def _heartbeat(self, _client: PrefectClient) -> None:
+        await asyncio.to_thread(self._beat)
+
+    def _beat(self) -> None:
+        with session_scope() as session:
+            beat = session.get(ExecutorBeat, self.id)
+            if beat is None:
+                beat = ExecutorBeat(id=self.id, host=socket.gethostname(), pid=os.getpid())
+            beat.seen_at = now()
+            session.add(beat)
+
+    def _retire(self) -> None:
+        """A clean stop: nothing of ours is left running, so nobody needs to reap us."""
+        with session_scope() as session:
+            beat = session.get(ExecutorBeat, self.id)
+            if beat is not None:
+                beat.reaped_by = self.id
+                session.add(beat)
+
+    async def _cancel_requested(self, client: PrefectClient) -> None:
+        """Stop the runs an operator cancelled while they ran here, and mark them Cancelled."""
+        if not self.running:
+            return
+        cancelling = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=list(self.running)),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))),
+            sort=FlowRunSort.ID_DESC, limit=len(self.running))
+        for flow_run in cancelling:
+            task = self.running.get(flow_run.id)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await client.set_flow_run_state(flow_run.id, Cancelled(message=f"cancelled on {self.id}"), force=True)
+
+    def _is_reaper(self) -> bool:
+        """One reaper at a time: the longest-running live executor."""
+        with read_scope() as session:
+            oldest = session.exec(select(ExecutorBeat.id)
+                                  .where(ExecutorBeat.seen_at >= now() - self.dead_after,
+                                         col(ExecutorBeat.reaped_by).is_(None))
+                                  .order_by(ExecutorBeat.started_at, ExecutorBeat.id).limit(1)).first()
+        return oldest == self.id
+
+    def _claim_dead(self) -> list[str]:
+        """Take over the executors that stopped beating; each is taken by one reaper only."""
+        taken = []
+        with session_scope() as session:
+            dead = session.exec(select(ExecutorBeat.id).where(
+                ExecutorBeat.seen_at < now() - self.dead_after, col(ExecutorBeat.reaped_by).is_(None))).all()
+            for executor_id in dead:
+                result = session.execute(update(ExecutorBeat)
+                                         .where(ExecutorBeat.id == executor_id, ExecutorBeat.reaped_by.is_(None))
+                                         .values(reaped_by=self.id))
+                if result.rowcount:
+                    taken.append(executor_id)
+        return taken
+
+    async def reap(self, client: PrefectClient) -> int:
+        """Reschedule the runs of dead executors (and runs stuck in Pending). Returns how many."""
+        if not await asyncio.to_thread(self._is_reaper):
+            return 0
+        dead = set(await asyncio.to_thread(self._claim_dead))
+        stuck_before = now() - self.dead_after
+        active = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows))),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
+            sort=FlowRunSort.ID_DESC, limit=REAP_BATCH)
+        reaped = 0
+        for flow_run in active:
+            if flow_run.id in self.running:
+                continue
+            orphaned = (flow_run.state.is_running() and flow_run.infrastructure_pid in dead) or (
+                flow_run.state.is_pending() and flow_run.state.timestamp < stuck_before)
+            if orphaned:
+                await self._hand_back(client, flow_run, f"its executor {flow_run.infrastructure_pid} stopped")
+                reaped += 1
+        if dead or reaped:
+            log.warning("executor %s took over %s; rescheduled %d run(s)", self.id, sorted(dead) or "-", reaped)
+        return reaped
+
+    async def _hand_back(self, client: PrefectClient, flow_run: FlowRun, why: str) -> None:
+        """A run whose execution was lost: a case run replays from the top (idempotent); others crash, and their
+        schedule starts the next one."""
+        flow = self.flows.get(flow_run.deployment_id)
+        if flow is not None and flow.name in REPLAYABLE:
+            state = Scheduled(name="Rescheduled", message=f"rescheduled: {why}")
+            self.counts["rescheduled"] += 1
+        else:
+            state = Crashed(message=f"crashed: {why}")
+        await client.set_flow_run_state(flow_run.id, state, force=True)
+
+    async def _drain(self, client: PrefectClient) -> None:
+        """Stopping: let running runs finish for the grace period, then hand the rest back."""
+        if self.running:
+            await asyncio.wait(list(self.running.values()), timeout=self.grace_seconds)
+        for run_id, task in list(self.running.items()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            flow_run = await client.read_flow_run(run_id)
+            if not flow_run.state.is_final() and not flow_run.state.is_paused():
+                await self._hand_back(client, flow_run, f"executor {self.id} stopped")
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    executor = Executor(limit=settings.executor_limit, heartbeat_seconds=settings.executor_heartbeat_seconds,
+                        dead_after_seconds=settings.executor_dead_after_seconds)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, executor.stop)
+    await executor.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

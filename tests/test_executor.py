@@ -1,0 +1,158 @@
+"""The in-process executor (flows/executor.py) on the real stack: cases run to their end in one process, each run
+is claimed by one executor only, and a killed executor's runs are found and run again without losing or
+duplicating a case."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, create_engine
+
+from hotline.clock import now
+from models import ExecutorBeat
+from tests.conftest import Env, stack_env
+
+EXECUTOR_ENV = {"HOTLINE_EXECUTOR_HEARTBEAT_SECONDS": "1", "HOTLINE_EXECUTOR_DEAD_AFTER_SECONDS": "6"}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def inproc(request) -> Iterator[Env]:
+    saved = {k: os.environ.get(k) for k in EXECUTOR_ENV}
+    os.environ.update(EXECUTOR_ENV)  # read by the executor process the stack starts
+    try:
+        with stack_env(request, request.param, executor="inprocess") as built:
+            yield built
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def runs_of(env: Env, run_ids: list[str]) -> list[dict]:
+    r = env.prefect_post("/api/flow_runs/filter", {"flow_runs": {"id": {"any_": run_ids}}})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def task_runs(env: Env, run_id: str, name: str) -> int:
+    r = env.prefect_post("/api/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}},
+                                                   "task_runs": {"name": {"like_": name}}})
+    assert r.status_code == 200, r.text
+    return len(r.json())
+
+
+def kill_runner(env: Env) -> None:
+    proc = env.stack.procs.pop(env.stack.runner)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=20)
+
+
+def start_runner(env: Env) -> subprocess.Popen:
+    env.stack._spawn(env.stack.runner, [sys.executable, "-m", "flows.executor"])
+    return env.stack.procs[env.stack.runner]
+
+
+def our_db(env: Env) -> Session:
+    url = env.stack.env().get("HOTLINE_DATABASE_URL") or f"sqlite:///{env.stack.home / 'hotline.db'}"
+    return Session(create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1)), expire_on_commit=False)
+
+
+def test_a_case_runs_to_its_end_in_the_executor(inproc: Env):
+    created = inproc.submit(category="street_lights")
+    case_id, run_id = created["case_id"], created["flow_run_id"]
+    order = inproc.wait_orders(case_id, 1)["work_orders"][0]
+    run = inproc.wait_paused(run_id)
+    assert run["state_name"] == "Awaiting unit"
+    assert run["infrastructure_pid"].startswith("executor:")  # claimed and run by the in-process executor
+    inproc.resolve(order["work_order_id"], order["unit"])
+    inproc.wait(case_id, lambda d: d["status"] == "awaiting_follow_up", "follow-up")
+    assert inproc.follow_up(case_id, reached=True, resolved=True, satisfaction="satisfied").status_code == 200
+    detail = inproc.wait(case_id, lambda d: d["status"] == "closed", "close")
+    assert len(detail["work_orders"]) == 1
+    assert len(inproc.receiver.of(type="work_order.assigned", case_number=created["number"])) == 1
+    deadline = time.monotonic() + 60  # the case is closed; the run still publishes its last stage
+    while (final := inproc.flow_run(run_id))["state_type"] != "COMPLETED":
+        assert time.monotonic() < deadline, final["state_type"]
+        time.sleep(0.5)
+    # at least two executions (intake; then the answers — a follow-up arriving while the run is still busy
+    # is applied without another suspension)
+    assert task_runs(inproc, run_id, "collect") >= 2
+
+
+def test_two_executors_run_each_run_once(inproc: Env):
+    second = subprocess.Popen([sys.executable, "-m", "flows.executor"], env=inproc.stack.env(),
+                              cwd=str(inproc.stack.home), stdout=open(inproc.stack.home / "logs" / "executor-2.log", "ab"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        created = [inproc.submit(category="street_lights") for _ in range(6)]
+        for c in created:
+            inproc.wait_orders(c["case_id"], 1)
+            inproc.wait_paused(c["flow_run_id"])
+        runs = runs_of(inproc, [c["flow_run_id"] for c in created])
+        executors = {r["infrastructure_pid"] for r in runs}
+        assert all(e.startswith("executor:") for e in executors)
+        for c in created:  # one execution so far: a second executor running it too would have a second `collect`
+            assert task_runs(inproc, c["flow_run_id"], "collect") == 1
+            assert len(inproc.case(c["case_id"])["work_orders"]) == 1
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=60)
+
+
+def test_a_dead_executors_running_run_is_run_again(inproc: Env):
+    """An executor that claimed a run and died: the live executor reschedules it once the heartbeat is stale."""
+    kill_runner(inproc)
+    try:
+        created = inproc.api.post("/api/cases", json={
+            "source": "hotline", "source_ref": f"dead-{time.time_ns()}", "description": "路灯不亮",
+            "category": "street_lights", "location": {"community": "小南庄社区"},
+            "citizen": {"name": "赵先生", "phone": "13811112222"}}).json()
+        run_id = created["flow_run_id"] or inproc.wait(created["case_id"], lambda d: d["flow_run_id"],
+                                                       "the run")["flow_run_id"]
+        # play the executor that died: it claimed the run and started it, then stopped beating
+        for state in ("PENDING", "RUNNING"):
+            r = inproc.prefect_post(f"/api/flow_runs/{run_id}/set_state", {"state": {"type": state}, "force": True})
+            assert r.status_code in (200, 201), r.text
+        r = inproc.prefect.patch(f"/api/flow_runs/{run_id}", json={"infrastructure_pid": "executor:gone:1:abc"})
+        assert r.status_code == 204, r.text
+        with our_db(inproc) as session:
+            session.add(ExecutorBeat(id="executor:gone:1:abc", host="gone", pid=1,
+                                     started_at=now() - timedelta(minutes=5), seen_at=now() - timedelta(minutes=1)))
+            session.commit()
+        assert inproc.case(created["case_id"])["work_orders"] == []
+    finally:
+        start_runner(inproc)
+    order = inproc.wait_orders(created["case_id"], 1)["work_orders"][0]
+    run = inproc.wait_paused(run_id)
+    assert run["infrastructure_pid"] != "executor:gone:1:abc"
+    with our_db(inproc) as session:
+        assert session.get(ExecutorBeat, "executor:gone:1:abc").reaped_by.startswith("executor:")
+    assert len(inproc.case(created["case_id"])["work_orders"]) == 1 and order["unit"] == "haidian_st"
+
+
+def test_killing_the_executor_mid_run_loses_and_duplicates_nothing(inproc: Env):
+    created = [inproc.submit(category="street_lights") for _ in range(4)]
+    run_ids = [c["flow_run_id"] for c in created]
+    deadline = time.monotonic() + 60
+    while not any(r["state_type"] in ("PENDING", "RUNNING") for r in runs_of(inproc, run_ids)):
+        assert time.monotonic() < deadline, "no run started"
+        time.sleep(0.1)
+    kill_runner(inproc)
+    states = Counter(r["state_type"] for r in runs_of(inproc, run_ids))
+    start_runner(inproc)
+    for c in created:
+        detail = inproc.wait_orders(c["case_id"], 1, timeout=120)
+        inproc.wait_paused(c["flow_run_id"], timeout=120)
+        detail = inproc.case(c["case_id"])
+        assert len(detail["work_orders"]) == 1, (states, detail["work_orders"])
+        assert Counter(t["kind"] for t in detail["timeline"])["work_order.assigned"] <= 1
+        assert len(inproc.receiver.of(type="work_order.assigned", case_number=c["number"])) == 1
