@@ -62,6 +62,14 @@ class UnitEvent(Strict):
     until: datetime | None = Field(default=None, validate_default=True)
     pause_reason: str | None = Field(default=None, max_length=64,
                                      description="with progress: stop the SLA clock (reasons allowed by policy)")
+    event_id: str | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="optional, the unit's own id for this event (e.g. a UUID), unique per work order: the same "
+                    "event_id sent again (a retry after a lost answer) is acknowledged with 200 "
+                    "`duplicate: true` and has no second effect; the same id with another type is a 409. "
+                    "Without an id, a repeated accept, reject, complete, a contacted on an order already "
+                    "contacted and an extend while the same request is pending are acknowledged the same way; "
+                    "progress notes without an id may repeat (each is a new report).")
 
     @field_validator("pause_reason")
     @classmethod

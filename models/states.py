@@ -62,6 +62,16 @@ UNIT_EVENTS: dict[str, tuple[tuple[WorkOrderStatus, ...], WorkOrderStatus]] = {
     "reject": ((WorkOrderStatus.assigned,), WorkOrderStatus.rejected),  # 首接负责: no return once accepted
 }
 
-# Answers that, repeated once the order is already where they lead, are acknowledged without a second effect.
+# A repeated answer is acknowledged (200, `duplicate: true`) without a second effect. What counts as a repeat:
+# - any answer carrying the unit's `event_id` that was already received on the same work order (the same id with
+#   another type is a 409: ids are the unit's, one per event);
+# - without an id, by what the order already shows:
+#   * accept, complete, reject once the order is already where they lead (IDEMPOTENT_EVENTS);
+#   * contacted once the order was contacted (ONCE_PER_ORDER_EVENTS: the citizen is contacted once per order);
+#   * extend while an extension request for the same `until` is still pending (`services.cases.request_extension`;
+#     one for another `until` is a 409 until the supervisor decided);
+# - progress without an id is never a repeat: two progress notes may well be two reports. A unit that retries a
+#   progress note after a lost answer sends it with an `event_id`.
 IDEMPOTENT_EVENTS = {"accept": WorkOrderStatus.accepted, "complete": WorkOrderStatus.completed,
                      "reject": WorkOrderStatus.rejected}
+ONCE_PER_ORDER_EVENTS = frozenset({"contacted"})

@@ -31,6 +31,10 @@ class Unit(UnitBase, table=True):
     created_at: datetime = Field(default_factory=now)
     # set when the endpoint answered 410 Gone: nothing is sent until PUT /api/units/{code} gives a webhook_url
     webhook_disabled_at: datetime | None = None
+    # the secret a rotation replaced: deliveries are signed with it too until `previous_secret_until` (policy
+    # delivery.yaml `secret_rotation_grace`), so a receiver can switch to the new secret without a failed delivery
+    previous_webhook_secret: str | None = None
+    previous_secret_until: datetime | None = None
 
 
 class StaffRole(StrEnum):

@@ -120,16 +120,28 @@ def classify(status_code: int | None, policy: DeliveryPolicy, *, retry_after: st
     return Outcome(FAILED)
 
 
-def signed_request(secret: str, msg_id: str, payload: dict) -> tuple[bytes, dict[str, str]]:
+def signed_request(secret: str, msg_id: str, payload: dict, *,
+                   previous_secret: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The body and Standard Webhooks headers; with `previous_secret` (a rotation's grace window) the
+    `webhook-signature` header carries both signatures, space-separated, and either secret verifies."""
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     ts = datetime.now(timezone.utc)
+    signatures = [Webhook(s).sign(msg_id, ts, body) for s in (secret, previous_secret) if s]
     headers = {
         "content-type": "application/json; charset=utf-8",
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(ts.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id, ts, body),
+        "webhook-signature": " ".join(signatures),
     }
     return body.encode(), headers
+
+
+def previous_secret(unit: Unit, at: datetime) -> str | None:
+    """The secret a rotation replaced, while its grace window lasts (`Unit.previous_secret_until`)."""
+    until = unit.previous_secret_until
+    if unit.previous_webhook_secret and until is not None and at < _aware(until):
+        return unit.previous_webhook_secret
+    return None
 
 
 # ---------------------------------------------------------------- per-unit limits (within this process)
@@ -316,7 +328,8 @@ async def send(client: httpx.AsyncClient, delivery_id: int, *, policy: DeliveryP
     code = error = retry_after = None
     permanent = False
     try:
-        body, headers = signed_request(unit.webhook_secret, delivery.msg_id, delivery.payload)
+        body, headers = signed_request(unit.webhook_secret, delivery.msg_id, delivery.payload,
+                                       previous_secret=previous_secret(unit, at or now()))
         async with asyncio.timeout(timeout):  # the whole attempt, not each read
             response = await client.post(unit.webhook_url, content=body, headers=headers)
         code = response.status_code

@@ -20,6 +20,7 @@ from models import Case, CaseSignal, Delivery, Escalation, TimelineEntry, Unit, 
 from models.states import (
     CASE_TRANSITIONS,
     IDEMPOTENT_EVENTS,
+    ONCE_PER_ORDER_EVENTS,
     OPEN_WORK_ORDER,
     UNIT_EVENTS,
     CaseStatus,
@@ -182,7 +183,9 @@ def apply_unit_event(*, session: Session, unit: Unit, work_order_id: int, event:
     if kind not in UNIT_EVENTS:
         raise Conflict(f"event {kind!r} is not handled here yet", current=wo.status)
     allowed_from, target = UNIT_EVENTS[kind]
-    if IDEMPOTENT_EVENTS.get(kind) == wo.status:
+    event_id = event.get("event_id")
+    if (_received_before(session, case, wo, kind, event_id) or IDEMPOTENT_EVENTS.get(kind) == wo.status
+            or (kind in ONCE_PER_ORDER_EVENTS and _answers(session, case, wo, kind))):
         return {"status": wo.status, "duplicate": True}
     if wo.status not in allowed_from:
         raise Conflict(f"cannot {kind} a work order that is {wo.status}", current=wo.status)
@@ -207,7 +210,8 @@ def apply_unit_event(*, session: Session, unit: Unit, work_order_id: int, event:
         wo.note = event.get("reason")
     session.add(wo)
     record(session, case, f"unit.{kind}", event.get("note") or event.get("reason"), actor=unit.code,
-           work_order_id=wo.id, **({"resolved": event.get("resolved")} if kind == "complete" else {}))
+           work_order_id=wo.id, **({"resolved": event.get("resolved")} if kind == "complete" else {}),
+           **({"event_id": event_id} if event_id else {}))
     signal = add_signal(session, case.id, "unit_event", work_order_id=wo.id, type=kind, note=event.get("note"),
                         at=local(at).isoformat())
     return {"status": wo.status, "duplicate": False, "signal_id": signal.id if signal else None}
@@ -587,17 +591,59 @@ def signal_follow_up_lapses(session: Session, at: datetime, limit: int = 500) ->
             if add_signal(session, case.id, "follow_up_lapsed", dedupe_key=f"fu-lapse-{case.id}-{case.reopen_count}")]
 
 
-def request_extension(*, session: Session, unit: Unit, work_order_id: int, reason: str, until: datetime) -> dict:
-    """延期: a unit asks for more time; a supervisor decides (recorded as an escalation to review)."""
+def request_extension(*, session: Session, unit: Unit, work_order_id: int, reason: str, until: datetime,
+                      event_id: str | None = None) -> dict:
+    """延期: a unit asks for more time; a supervisor decides (recorded as an escalation to review). One request per
+    order is pending at a time: the same request again is a repeat, another one a Conflict until it is decided."""
     wo = session.get(WorkOrder, work_order_id)
     if wo is None or wo.unit != unit.code:
         raise NotFound(f"work order {work_order_id} not found")
     case = lock_case(session, wo.case_id)
+    session.refresh(wo)
+    if _received_before(session, case, wo, "extend", event_id):
+        return {"status": wo.status, "duplicate": True, "signal_id": None}
+    pending = _pending_extension(session, wo)
+    if pending is not None:
+        requested = datetime.fromisoformat(pending.decision["requested_until"])
+        if requested == until:
+            return {"status": wo.status, "duplicate": True, "signal_id": None}
+        raise Conflict(f"an extension until {local(requested).isoformat()} is still pending (escalation "
+                       f"{pending.id}); ask again once a supervisor has decided", current=wo.status)
     if wo.status not in OPEN_WORK_ORDER:
         raise Conflict(f"cannot extend a work order that is {wo.status}", current=wo.status)
-    record(session, case, "unit.extend", reason, actor=unit.code, work_order_id=wo.id, until=until.isoformat())
+    record(session, case, "unit.extend", reason, actor=unit.code, work_order_id=wo.id, until=until.isoformat(),
+           **({"event_id": event_id} if event_id else {}))
     _escalate(session, case, wo, "extension_request", to_unit=None, requested_until=until.isoformat(), reason=reason)
     return {"status": wo.status, "duplicate": False, "signal_id": None}
+
+
+def _pending_extension(session: Session, wo: WorkOrder) -> Escalation | None:
+    return session.exec(select(Escalation).where(
+        Escalation.work_order_id == wo.id, Escalation.trigger == "extension_request", Escalation.status == "open")
+        .order_by(col(Escalation.id))).first()
+
+
+def _answers(session: Session, case: Case, wo: WorkOrder, kind: str | None = None) -> list[TimelineEntry]:
+    """The unit's answers on this order as the timeline recorded them (`unit.<type>` entries), oldest first."""
+    query = select(TimelineEntry).where(TimelineEntry.case_id == case.id)
+    query = query.where(TimelineEntry.kind == f"unit.{kind}") if kind else query.where(
+        col(TimelineEntry.kind).startswith("unit."))
+    return [e for e in session.exec(query.order_by(col(TimelineEntry.id))).all()
+            if (e.data or {}).get("work_order_id") == wo.id]
+
+
+def _received_before(session: Session, case: Case, wo: WorkOrder, kind: str, event_id: str | None) -> bool:
+    """Whether the answer with this client `event_id` was already received on this order. The same id sent
+    with another type is a Conflict: an event id names one event."""
+    if not event_id:
+        return False
+    for entry in _answers(session, case, wo):
+        if entry.data.get("event_id") == event_id:
+            if entry.kind != f"unit.{kind}":
+                raise Conflict(f"event_id {event_id!r} was already used for a {entry.kind.removeprefix('unit.')} "
+                               f"event on this work order", current=wo.status)
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- reminders (deadline watch)

@@ -1,4 +1,5 @@
-"""The webhook delivery policy (policies/delivery.yaml): backoff, dead letter, timeout, per-unit limits.
+"""The webhook delivery policy (policies/delivery.yaml): backoff, dead letter, timeout, per-unit limits, and how long
+a rotated-out signing secret still signs.
 
 Loaded like the other policy files (`services.policies`): a mistake is reported with the file and the field.
 A missing file means the defaults below.
@@ -60,8 +61,9 @@ class DeliveryPolicy(BaseModel):
     request_timeout: timedelta | None = None  # default: HOTLINE_WEBHOOK_TIMEOUT_SECONDS
     per_unit: UnitLimits = UnitLimits()
     retry_4xx: list[int] = Field(default_factory=list)
+    secret_rotation_grace: timedelta = timedelta(hours=24)  # the replaced secret still signs this long; 0: not at all
 
-    _durations = field_validator("dead_letter_after", "request_timeout", mode="before")(
+    _durations = field_validator("dead_letter_after", "request_timeout", "secret_rotation_grace", mode="before")(
         lambda cls, v: None if v is None else _duration(v))
 
     @field_validator("dead_letter_after", "request_timeout")
@@ -69,6 +71,13 @@ class DeliveryPolicy(BaseModel):
     def _positive(cls, v):
         if v is not None and v <= timedelta(0):
             raise ValueError("must be positive")
+        return v
+
+    @field_validator("secret_rotation_grace")
+    @classmethod
+    def _not_negative(cls, v):
+        if v < timedelta(0):
+            raise ValueError("must not be negative")
         return v
 
     @field_validator("retry_4xx")

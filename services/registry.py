@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, or_, select
 
+from hotline.clock import now
 from models import Staff, Unit
 from models.units import StaffRole, UnitBase, UnitLevel
+from notifications.webhooks import current_policy
 from services.routing import Place
 from services.tokens import hash_token, new_token, new_webhook_secret
 
@@ -23,6 +26,7 @@ class Credentials:
     token: str | None
     webhook_secret: str | None
     created: bool
+    previous_secret_until: datetime | None = None  # after a rotation: the replaced secret signs until then
 
 
 def upsert_unit(*, session: Session, code: str, unit_in: UnitBase) -> Credentials:
@@ -44,11 +48,21 @@ def upsert_unit(*, session: Session, code: str, unit_in: UnitBase) -> Credential
     return Credentials(code=code, token=token, webhook_secret=secret, created=True)
 
 
-def rotate_unit(*, session: Session, unit: Unit) -> Credentials:
+def rotate_unit(*, session: Session, unit: Unit, at: datetime | None = None,
+                grace: timedelta | None = None) -> Credentials:
+    """A new token (the old one stops at once) and a new webhook secret. The replaced secret still signs
+    deliveries for `grace` (default: policy delivery.yaml `secret_rotation_grace`), next to the new one, so
+    the unit's receiver keeps verifying while it switches; rotating again within the window drops the older one."""
+    at = at or now()
+    grace = current_policy().secret_rotation_grace if grace is None else grace
     token, secret = new_token("unit"), new_webhook_secret()
+    keep = grace > timedelta(0)
+    unit.previous_webhook_secret = unit.webhook_secret if keep else None
+    unit.previous_secret_until = at + grace if keep else None
     unit.token_hash, unit.webhook_secret = hash_token(token), secret
     session.add(unit)
-    return Credentials(code=unit.code, token=token, webhook_secret=secret, created=False)
+    return Credentials(code=unit.code, token=token, webhook_secret=secret, created=False,
+                       previous_secret_until=unit.previous_secret_until)
 
 
 def create_staff(*, session: Session, name: str, role: StaffRole, unit: str | None) -> str:

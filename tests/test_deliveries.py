@@ -79,6 +79,12 @@ def test_delivery_policy_file(tmp_path: Path):
     shipped = delivery_policy(hotline_settings.REPO_ROOT / "policies")
     assert shipped.dead_letter_after == timedelta(hours=24) and shipped.retry_4xx == []
     assert shipped.backoff.base == 2 * S and shipped.per_unit.max_concurrency >= 1
+    assert shipped.secret_rotation_grace == timedelta(hours=24)
+    (tmp_path / "delivery.yaml").write_text("secret_rotation_grace: 0s\n")
+    assert delivery_policy(tmp_path).secret_rotation_grace == timedelta(0)  # the old secret stops at once
+    (tmp_path / "delivery.yaml").write_text("secret_rotation_grace: -1h\n")
+    with pytest.raises(PolicyError, match="secret_rotation_grace"):
+        delivery_policy(tmp_path)
     (tmp_path / "delivery.yaml").write_text("backoff: {base: soon}\n")
     with pytest.raises(PolicyError, match=r"delivery.yaml: backoff.base"):
         delivery_policy(tmp_path)
@@ -304,6 +310,38 @@ async def test_dead_letter_after_the_window_then_resend_keeps_the_webhook_id(db:
     assert received.webhook_id == msg_id
     assert statuses(receiver, msg_id) == [503, 500, 502, 204]
     assert [a.outcome for a in db.attempts(d)] == ["retry", "dead_letter", "retry", "delivered"]
+
+
+async def test_after_a_rotation_the_old_secret_verifies_during_the_grace_window_only(db: Db):
+    db.policy(backoff={"base": "2s", "max": "1h", "jitter": 0.2}, request_timeout="3s", secret_rotation_grace="1h")
+    receiver = db.receiver()
+    db.unit(receiver, "unit_r")
+    old_secret = receiver.secrets["unit_r"]  # the receiver has not switched yet
+    rotated_at = now()
+    with hotline_db.session_scope() as session:
+        creds = registry.rotate_unit(session=session, unit=session.get(Unit, "unit_r"), at=rotated_at)
+    assert creds.previous_secret_until == rotated_at + timedelta(hours=1)  # the policy's grace window
+    row = db.unit_row("unit_r")
+    assert row.webhook_secret == creds.webhook_secret != old_secret and row.previous_webhook_secret == old_secret
+
+    inside = db.delivery("unit_r")
+    assert (await deliver_due(at=rotated_at + timedelta(minutes=59)))["delivered"] == 1
+    [received] = receiver.of(unit="unit_r")
+    assert received.webhook_id == db.get(inside).msg_id and receiver.rejected == []
+
+    after = db.delivery("unit_r")
+    assert (await deliver_due(at=rotated_at + timedelta(hours=1)))["failed"] == 1  # the window is over
+    assert receiver.rejected == [db.get(after).msg_id]
+    receiver.secrets["unit_r"] = creds.webhook_secret  # the unit updates its receiver; an operator re-sends
+    with hotline_db.session_scope() as session:
+        webhooks.resend(session, after)
+    assert (await deliver_due(at=rotated_at + timedelta(hours=2)))["delivered"] == 1
+    assert statuses(receiver, db.get(after).msg_id) == [400, 204]
+
+    with hotline_db.session_scope() as session:  # no grace: the replaced secret stops at once
+        registry.rotate_unit(session=session, unit=session.get(Unit, "unit_r"), grace=timedelta(0))
+    row = db.unit_row("unit_r")
+    assert row.previous_webhook_secret is None and webhooks.previous_secret(row, now()) is None
 
 
 async def test_a_slow_unit_does_not_hold_up_another(db: Db):

@@ -35,6 +35,22 @@ def test_signed_request_verifies_with_standardwebhooks():
     assert headers["webhook-id"] == "msg_wo1-assigned"
 
 
+def test_during_a_rotation_either_secret_verifies_and_no_other():
+    new, old, other = new_webhook_secret(), new_webhook_secret(), new_webhook_secret()
+    payload = {"type": "work_order.assigned", "data": {"n": 1}}
+    body, headers = signed_request(new, "msg_rot", payload, previous_secret=old)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(new).verify(body, headers) == Webhook(old).verify(body, headers) == payload
+    try:
+        Webhook(other).verify(body, headers)
+    except Exception as exc:
+        assert "signature" in str(exc).lower()
+    else:
+        raise AssertionError("a third secret verified")
+    _body, alone = signed_request(new, "msg_rot", payload)
+    assert len(alone["webhook-signature"].split(" ")) == 1
+
+
 def test_a_tampered_body_fails_verification():
     secret = new_webhook_secret()
     body, headers = signed_request(secret, "msg_x", {"type": "t", "data": {"n": 1}})

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import col, select
 
 from api.deps import AnyStaff, FollowUpStaff
+from api.routes.deliveries import attempt_logs
 from api.schemas import CaseCreate, CaseCreated, FollowUpAnswer
 from flows.control import wake_soon
 from hotline.clock import iso, now, to_utc
@@ -43,7 +44,9 @@ def case_detail(case_id: int) -> dict | None:
                                 .order_by(col(TimelineEntry.id)))
         escalations = session.exec(select(Escalation).where(Escalation.case_id == case_id)
                                    .order_by(col(Escalation.id)))
-        deliveries = session.exec(select(Delivery).where(Delivery.case_id == case_id).order_by(col(Delivery.id)))
+        deliveries = session.exec(select(Delivery).where(Delivery.case_id == case_id)
+                                  .order_by(col(Delivery.id))).all()
+        attempts = attempt_logs(session, [d.id for d in deliveries])
         return {
             "case_id": str(case.id), "number": case.number, "status": case.status, "source": case.source,
             "source_ref": case.source_ref, "category": case.category, "title": case.title,
@@ -70,6 +73,7 @@ def case_detail(case_id: int) -> dict | None:
             "deliveries": [{
                 "webhook_id": d.msg_id, "unit": d.unit, "type": d.event_type, "status": d.status,
                 "attempts": d.attempts, "last_status_code": d.last_status_code, "last_error": d.last_error,
+                "attempt_log": attempts[d.id],
             } for d in deliveries],
             "related": repeats.related(session, case_id),
             "timeline": [{

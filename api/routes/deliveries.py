@@ -19,7 +19,19 @@ router = APIRouter(prefix="/api", tags=["operations"])
 Status = Literal["pending", "failed", "dead_letter", "delivered", "no_endpoint", "all"]
 
 
-def _delivery(d: Delivery, disabled: bool, attempts: list[DeliveryAttempt] | None = None) -> dict:
+def attempt_logs(session: Session, delivery_ids: list[int]) -> dict[int, list[dict]]:
+    """The attempt log of each delivery (time, status code, latency, error, outcome), oldest first: shown per unit
+    here and per case in GET /api/cases/{id}."""
+    logs: dict[int, list[dict]] = {i: [] for i in delivery_ids}
+    if logs:
+        for a in session.exec(select(DeliveryAttempt).where(col(DeliveryAttempt.delivery_id).in_(list(logs)))
+                              .order_by(col(DeliveryAttempt.id))).all():
+            logs[a.delivery_id].append({"at": iso(a.at), "status_code": a.status_code, "latency_ms": a.latency_ms,
+                                        "error": a.error, "outcome": a.outcome})
+    return logs
+
+
+def _delivery(d: Delivery, disabled: bool, attempts: list[dict] | None = None) -> dict:
     out = {
         "id": str(d.id), "webhook_id": d.msg_id, "unit": d.unit, "type": d.event_type, "status": d.status,
         "endpoint_disabled": disabled and d.status == "pending",  # waits for the unit's endpoint to be given again
@@ -30,8 +42,7 @@ def _delivery(d: Delivery, disabled: bool, attempts: list[DeliveryAttempt] | Non
         "delivered_at": iso(d.delivered_at), "resent_at": iso(d.resent_at),
     }
     if attempts is not None:
-        out["attempt_log"] = [{"at": iso(a.at), "status_code": a.status_code, "latency_ms": a.latency_ms,
-                               "error": a.error, "outcome": a.outcome} for a in attempts]
+        out["attempt_log"] = attempts
     return out
 
 
@@ -42,11 +53,7 @@ def _list(session: Session, *, status: str, unit: str | None, limit: int, with_a
     if unit:
         query = query.where(Delivery.unit == unit)
     rows = session.exec(query.order_by(col(Delivery.id).desc()).limit(limit)).all()
-    logs: dict[int, list[DeliveryAttempt]] = {d.id: [] for d, _ in rows}
-    if with_attempts and logs:
-        for a in session.exec(select(DeliveryAttempt).where(col(DeliveryAttempt.delivery_id).in_(list(logs)))
-                              .order_by(col(DeliveryAttempt.id))).all():
-            logs[a.delivery_id].append(a)
+    logs = attempt_logs(session, [d.id for d, _ in rows]) if with_attempts else {}
     return [_delivery(d, disabled is not None, logs[d.id] if with_attempts else None) for d, disabled in rows]
 
 

@@ -8,6 +8,7 @@ from sqlmodel import col, select
 
 from api.deps import Admin, AnyStaff
 from api.schemas import StaffCreate, UnitPut
+from hotline.clock import iso
 from hotline.db import read_scope, session_scope
 from models import Unit
 from models.units import UnitBase
@@ -43,6 +44,10 @@ async def put_unit(code: str, body: UnitPut, _admin: Admin):
 
 @router.post("/units/{code}/rotate")
 async def rotate(code: str, _admin: Admin):
+    """A new token (the old one stops working at once) and a new webhook secret. Until
+    `previous_secret_valid_until` (policy delivery.yaml `secret_rotation_grace`, default 24 h) deliveries are
+    signed with both secrets (two signatures in `webhook-signature`), so the unit's receiver can switch without
+    a failed delivery."""
     def write():
         with session_scope() as session:
             unit = session.get(Unit, code)
@@ -52,7 +57,8 @@ async def rotate(code: str, _admin: Admin):
     creds = await run_in_threadpool(write)
     if creds is None:
         raise HTTPException(404, f"unit {code} not found")
-    return {"code": creds.code, "token": creds.token, "webhook_secret": creds.webhook_secret}
+    return {"code": creds.code, "token": creds.token, "webhook_secret": creds.webhook_secret,
+            "previous_secret_valid_until": iso(creds.previous_secret_until)}
 
 
 @router.post("/staff", status_code=201)

@@ -21,11 +21,13 @@ router = APIRouter(prefix="/api/work-orders", tags=["work orders"])
 
 @router.post("/{work_order_id}/events")
 async def post_event(work_order_id: int, body: UnitEvent, unit: CurrentUnit):
+    """A unit's answer on its own work order (others: 404). An illegal transition is a 409 with the order's
+    current state; a repeated event (see `event_id`) is a 200 with `duplicate: true` and changes nothing."""
     def write():
         with session_scope() as session:
             if body.type == "extend":
                 result = cases.request_extension(session=session, unit=unit, work_order_id=work_order_id,
-                                                 reason=body.reason, until=body.until)
+                                                 reason=body.reason, until=body.until, event_id=body.event_id)
             else:
                 result = cases.apply_unit_event(session=session, unit=unit, work_order_id=work_order_id,
                                                 event=body.model_dump())
