@@ -114,10 +114,28 @@ def counts(case: CaseRow, policy: EvaluationPolicy) -> bool:
             and case.category not in policy.excluded_categories)
 
 
+def _rate(numerator: float, denominator: int) -> float | None:
+    """numerator / denominator; an empty denominator is "no data" (None), not 0."""
+    return numerator / denominator if denominator else None
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+def _weighted(rates: dict[str, float | None], weights: Weights) -> float | None:
+    """The weighted mean of the rates that have data, the weights renormalised over them; None when no rate with
+    a weight above 0 has data (e.g. weights 0/0/1 and no satisfaction answer)."""
+    parts = [(getattr(weights, name), rate) for name, rate in rates.items() if rate is not None]
+    total = sum(weight for weight, _ in parts)
+    return sum(weight * rate for weight, rate in parts) / total if total > 0 else None
+
+
 def evaluate(month: str, level: str, units: list[UnitRow], cases: list[CaseRow], ratings: list[RatingRow],
              policy: EvaluationPolicy, tz: str = "Asia/Shanghai") -> list[dict]:
     """The rates, score and rank of every unit of `level` for `month`: ranked units first (rank 1, 2, ...), then
-    the units without an attributable case (rates, score and rank null), by code."""
+    the units without a score, by code: those without an attributable case (rates, score and rank null) and those
+    whose cases give no data to any weighted rate (score and rank null)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     bounds = month_bounds(month, tz)
@@ -149,18 +167,14 @@ def evaluate(month: str, level: str, units: list[UnitRow], cases: list[CaseRow],
             resolved = sum(1 for c in mine if c.resolved is True)
             answers = [sat_value[c.satisfaction] for c in mine
                        if c.follow_up_outcome == "answered" and c.satisfaction in sat_value]
-            response_rate, resolution_rate = responded / n, resolved / n
-            satisfaction_rate = sum(answers) / len(answers) if answers else None
-            parts = [(w.response, response_rate), (w.resolution, resolution_rate)]
-            if satisfaction_rate is not None:
-                parts.append((w.satisfaction, satisfaction_rate))
-            base = sum(wt * r for wt, r in parts) / sum(wt for wt, _ in parts)  # renormalised without answers
-            if blend and whistle is not None:
+            rates = {"response": _rate(responded, n), "resolution": _rate(resolved, n),
+                     "satisfaction": _rate(sum(answers), len(answers))}
+            base = _weighted(rates, w)
+            if base is not None and blend and whistle is not None:
                 base = (1 - blend) * base + blend * whistle
             row.update(responded=responded, resolved=resolved, satisfaction_answers=len(answers),
-                       response_rate=round(response_rate, 4), resolution_rate=round(resolution_rate, 4),
-                       satisfaction_rate=round(satisfaction_rate, 4) if satisfaction_rate is not None else None,
-                       score=round(100 * base, 2))
+                       **{f"{k}_rate": _round(v, 4) for k, v in rates.items()},
+                       score=_round(100 * base, 2) if base is not None else None)
         out.append(row)
 
     ranked = sorted((r for r in out if r["score"] is not None), key=lambda r: (-r["score"], -r["cases"], r["unit"]))

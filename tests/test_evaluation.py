@@ -257,3 +257,36 @@ def test_route(november):
         (november / "evaluation.yaml").write_text("basically_satisfied_weight: 2\n", encoding="utf-8")
         r = client.get("/api/metrics/rates", params={"month": "2026-11"}, headers=auth)
         assert r.status_code == 503 and "evaluation.yaml: basically_satisfied_weight" in r.json()["detail"]
+
+
+def test_weights_on_a_rate_without_data_give_no_score_not_a_crash(november):
+    """Weights 0/0/1 (a valid policy): a unit with cases but no satisfaction answer has nothing weighted to score —
+    no score and no rank (not 0, not ZeroDivisionError); the API, the report and its Markdown still answer."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from hotline.db import read_scope
+    from services.evaluation import rates_for_month
+    from services.reports import build_report, rates_markdown, render_html
+    (november / "evaluation.yaml").write_text(yaml.safe_dump({
+        "weights": {"response": 0, "resolution": 0, "satisfaction": 1}, "whistle": {"weight": 0}}), encoding="utf-8")
+    with read_scope() as s:
+        rows = rates_for_month(s, "2026-11", "street")
+        report = build_report(s, "2026-11")
+    u = _by_unit(rows)
+    # st_e: 2 cases, both not reached: response 1/2 and resolution 2/2 have data but weight 0; satisfaction has
+    # weight 1 but no answer (empty denominator: null, not 0) -> no score, no rank
+    e = u["st_e"]
+    assert (e["cases"], e["response_rate"], e["resolution_rate"], e["satisfaction_answers"]) == (2, 0.5, 1.0, 0)
+    assert (e["satisfaction_rate"], e["score"], e["rank"]) == (None, None, None)
+    # st_a: satisfaction (1 + 0.8)/2 = 0.9 -> 100 * 1 * 0.9 = 90.00; the perfect streets 100
+    assert [(r["unit"], r["score"], r["rank"]) for r in rows] == [
+        ("st_d", 100.0, 1), ("st_b", 100.0, 2), ("st_f", 100.0, 3), ("st_a", 90.0, 4),
+        ("st_c", None, None), ("st_e", None, None), ("st_g", None, None)]  # without a score: by code
+    assert "name of st_e" in render_html(report)
+    assert "| — | name of st_e (st_e) | 2 | 50.0% | 100.0% | — | — |" in rates_markdown(report)
+    with TestClient(create_app()) as client:
+        r = client.get("/api/metrics/rates", params={"month": "2026-11", "level": "street"},
+                       headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200 and _by_unit(r.json()["units"])["st_e"]["score"] is None
+
