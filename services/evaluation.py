@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from hotline.settings import get_settings
 from models import Case, CaseStatus, Summons, Unit, Whistle
-from services.policies import _load
+from services.policies import PolicyError, _load, categories
 
 LEVELS = ("street", "department", "community", "utility")
 SATISFACTION_VALUES = ("satisfied", "basically_satisfied", "unsatisfied")
@@ -58,7 +58,11 @@ class EvaluationPolicy(BaseModel):
 
 def evaluation_policy(policy_dir: Path | None = None) -> EvaluationPolicy:
     """policies/evaluation.yaml, validated (PolicyError with file and field); missing file: the defaults."""
-    return _load("evaluation.yaml", EvaluationPolicy, policy_dir, optional=True)
+    policy = _load("evaluation.yaml", EvaluationPolicy, policy_dir, optional=True)
+    unknown = set(policy.excluded_categories) - set(categories(policy_dir))
+    if unknown:
+        raise PolicyError(f"evaluation.yaml: excluded_categories: unknown categories {sorted(unknown)}")
+    return policy
 
 
 # ---------------------------------------------------------------- plain rows and the pure core

@@ -290,3 +290,33 @@ def test_weights_on_a_rate_without_data_give_no_score_not_a_crash(november):
                        headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 200 and _by_unit(r.json()["units"])["st_e"]["score"] is None
 
+
+def test_enquiries_are_excluded_by_the_shipped_policy(november):
+    """咨询 (enquiry) is a category and the shipped evaluation.yaml leaves it out of every count."""
+    from hotline.db import read_scope, session_scope
+    from services import policies
+    from services.evaluation import evaluation_policy, rates_for_month
+    assert policies.categories()["enquiry"] == "咨询"
+    assert evaluation_policy().excluded_categories == ["enquiry"]
+    with session_scope() as s:  # a bad enquiry on the perfect street st_b: it must not move st_b's numbers
+        add_case(s, "st_b", at(2026, 11, 20, 9, 0), responded=False, resolved=False, satisfaction="unsatisfied",
+                 category="enquiry")
+        add_case(s, "st_g", at(2026, 11, 20, 9, 0), category="enquiry")  # st_g: still 零诉求
+    with read_scope() as s:
+        u = _by_unit(rates_for_month(s, "2026-11", "street"))
+    assert (u["st_b"]["cases"], u["st_b"]["response_rate"], u["st_b"]["satisfaction_rate"], u["st_b"]["score"]) == (
+        1, 1.0, 1.0, 100.0)
+    assert (u["st_g"]["cases"], u["st_g"]["rank"]) == (0, None)
+    # without the exclusion the enquiry counts: st_b 2 cases, 0.5, 0.5, 0.5 -> 50.00
+    (november / "evaluation.yaml").write_text("excluded_categories: []\n", encoding="utf-8")
+    with read_scope() as s:
+        u = _by_unit(rates_for_month(s, "2026-11", "street"))
+    assert (u["st_b"]["cases"], u["st_b"]["score"]) == (2, 50.0)
+
+
+def test_an_unknown_excluded_category_is_a_policy_error(db):
+    from services.evaluation import evaluation_policy
+    from services.policies import PolicyError
+    (db / "evaluation.yaml").write_text("excluded_categories: [enquiries]\n", encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"evaluation\.yaml: excluded_categories: unknown categories \['enquiries'\]"):
+        evaluation_policy()
