@@ -414,9 +414,7 @@ def evaluate_and_close(session: Session, case_id: int) -> Case:
     orders = list(session.exec(select(WorkOrder).where(WorkOrder.case_id == case.id)
                                .order_by(col(WorkOrder.id))).all())
     leads = [o for o in orders if o.role == "lead"]
-    first = leads[0] if leads else None
-    case.responded_in_time = bool(first and first.responded_at and first.responded_at <= first.respond_by
-                                  and not first.respond_lapsed)
+    case.responded_in_time = _responded_in_time(leads, case.lead_unit)
     case.completed_in_time = bool(leads) and not any(o.due_lapsed or o.respond_lapsed for o in leads) and any(
         o.completed_at is not None for o in leads)
     if case.follow_up_outcome != "answered":  # not reached or anonymous: the unit's own report counts
@@ -430,6 +428,14 @@ def evaluate_and_close(session: Session, case_id: int) -> Case:
            completed_in_time=case.completed_in_time, resolved=case.resolved, satisfaction=case.satisfaction,
            follow_up=case.follow_up_outcome)
     return case
+
+
+def _responded_in_time(leads: list[WorkOrder], unit: str | None) -> bool:
+    """响应 of the unit the case is attributed to: its own first lead order on the case had its first contact
+    with the citizen (`responded_at`) by that order's `respond_by` and did not lapse (docs/evaluation.md). Another
+    unit's order — one that 退单'd the case before, or lapsed and was escalated — does not count for it."""
+    own = next((o for o in leads if o.unit == unit), None)
+    return bool(own and own.responded_at and own.responded_at <= own.respond_by and not own.respond_lapsed)
 
 
 # ---------------------------------------------------------------- helpers
