@@ -348,15 +348,15 @@ def _on_follow_up(session: Session, case: Case, p: dict) -> None:
     case.resolved, case.satisfaction = p.get("resolved"), p.get("satisfaction")
     if p.get("resolved") and p.get("satisfaction") in ("satisfied", "basically_satisfied"):
         _finish_follow_up(session, case, "answered")
-    elif case.reopen_count == 0:
+    elif case.reopen_count == 0 and policies.sla_policy().follow_up.first_failure == "reopen":
         case.reopen_count = 1
         case.follow_up_attempts = 0  # the 重办 gets its own follow-up round
         move(session, case, CaseStatus.dispatched)
         unit = session.get(Unit, case.lead_unit)
         record(session, case, "reopened", f"回访不满意或未解决, 重办: {unit.code}", unit=unit.code)
         _assign(session, case, unit, reason="reopen")
-    else:
-        _escalate(session, case, None, "unsatisfied_twice", to_unit=None)
+    else:  # the second failure, or the first one when the policy escalates at once: supervisors take it
+        _escalate(session, case, None, "unsatisfied_twice" if case.reopen_count else "unsatisfied", to_unit=None)
         _finish_follow_up(session, case, "answered")
 
 

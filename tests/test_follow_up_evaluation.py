@@ -235,3 +235,41 @@ def test_response_is_measured_on_the_units_own_first_lead_order():
     assert _responded_in_time([order("st_a", 61)], "st_a") is False
     assert _responded_in_time([], "st_a") is False and _responded_in_time([order("st_a", 1)], None) is False
 
+
+# ---------------------------------------------------------------- a failed follow-up: 重办 or escalation
+
+def test_first_failed_follow_up_reopens_by_default(district):
+    case_id = submit()
+    handle(orders(case_id)[0].id)
+    follow_up(case_id, resolved=False, satisfaction="unsatisfied")
+    c, wos = case(case_id), orders(case_id)
+    assert (c.status, c.reopen_count, len(wos), wos[1].unit, wos[1].reason) == ("dispatched", 1, 2, "c1", "reopen")
+    assert escalations(case_id) == []
+    handle(wos[1].id)
+    follow_up(case_id, resolved=True, satisfaction="unsatisfied")  # the second failure escalates and closes
+    assert case(case_id).status == "closed" and escalations(case_id) == ["unsatisfied_twice"]
+
+
+def test_first_failed_follow_up_escalates_at_once_by_policy(district):
+    sla = yaml.safe_load((district / "sla.yaml").read_text(encoding="utf-8"))
+    sla["follow_up"]["first_failure"] = "escalate"
+    (district / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
+    case_id = submit()
+    handle(orders(case_id)[0].id)
+    follow_up(case_id, resolved=False, satisfaction="unsatisfied")
+    c = case(case_id)
+    assert (c.status, c.reopen_count, c.follow_up_outcome, c.satisfaction, c.resolved) == (
+        "closed", 0, "answered", "unsatisfied", False)
+    assert len(orders(case_id)) == 1 and escalations(case_id) == ["unsatisfied"]  # no 重办: supervisors take it
+    assert rates("community")["c1"]["satisfaction_rate"] == 0.0
+
+
+def test_first_failure_policy_is_validated(district):
+    from services import policies
+    assert policies.sla_policy().follow_up.first_failure == "reopen"  # the shipped file
+    sla = yaml.safe_load((district / "sla.yaml").read_text(encoding="utf-8"))
+    sla["follow_up"]["first_failure"] = "ignore"
+    (district / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(policies.PolicyError, match=r"sla\.yaml: follow_up\.first_failure"):
+        policies.sla_policy()
+
