@@ -28,6 +28,7 @@ from models.states import (
 from models.units import UnitLevel
 from notifications.payloads import reminder_text, work_order_payload
 from services import policies, registry, repeats
+from services.evaluation import citizen_answered
 from services.routing import Place, route
 
 
@@ -417,7 +418,7 @@ def evaluate_and_close(session: Session, case_id: int) -> Case:
     case.responded_in_time = _responded_in_time(leads, case.lead_unit)
     case.completed_in_time = bool(leads) and not any(o.due_lapsed or o.respond_lapsed for o in leads) and any(
         o.completed_at is not None for o in leads)
-    if case.follow_up_outcome != "answered":  # not reached or anonymous: the unit's own report counts
+    if not citizen_answered(case):  # not reached or anonymous: the unit's own report counts
         last_done = next((o for o in reversed(leads) if o.status == WorkOrderStatus.completed), None)
         case.resolved = last_done.resolved if last_done else None
     for wo in _open_orders(session, case, roles=("lead", "co")):
@@ -506,7 +507,10 @@ def _request_follow_up(session: Session, case: Case) -> None:
 
 def _finish_follow_up(session: Session, case: Case, outcome: str) -> None:
     case.follow_up_outcome = outcome
-    if outcome == "not_reached":
+    if outcome == "not_reached" and citizen_answered(case):  # a 重办 not reached: the earlier answer stands
+        record(session, case, "follow_up.not_reached", f"回访未联系上, 以重办前的回访结果为准: {case.satisfaction}",
+               earlier_answer=case.satisfaction, earlier_resolved=case.resolved)
+    elif outcome == "not_reached":
         record(session, case, "follow_up.not_reached", "回访未联系上")
     move(session, case, CaseStatus.evaluating)
 

@@ -112,6 +112,12 @@ def _in(value: datetime | None, bounds: tuple[datetime, datetime]) -> bool:
     return value is not None and bounds[0] <= _utc(value) < bounds[1]
 
 
+def citizen_answered(case: Case | CaseRow) -> bool:
+    """Whether the citizen's answer is on record (`satisfaction` is only ever written from a follow-up answer):
+    then `resolved` is the citizen's word; otherwise (not reached, anonymous) the unit's own report."""
+    return case.satisfaction is not None
+
+
 def counts(case: CaseRow, policy: EvaluationPolicy) -> bool:
     """Whether a closed case is evaluated at all (before attribution to its unit)."""
     return (case.lead_unit is not None and case.follow_up_outcome not in EXCLUDED_OUTCOMES
@@ -169,8 +175,9 @@ def evaluate(month: str, level: str, units: list[UnitRow], cases: list[CaseRow],
             n = len(mine)
             responded = sum(1 for c in mine if c.responded_in_time is True)
             resolved = sum(1 for c in mine if c.resolved is True)
-            answers = [sat_value[c.satisfaction] for c in mine
-                       if c.follow_up_outcome == "answered" and c.satisfaction in sat_value]
+            # the citizen's answer on record: every answered follow-up, and a 重办 case whose later round did not
+            # reach the citizen (the earlier answer stands); `satisfaction` is only ever written from an answer
+            answers = [sat_value[c.satisfaction] for c in mine if c.satisfaction in sat_value]
             rates = {"response": _rate(responded, n), "resolution": _rate(resolved, n),
                      "satisfaction": _rate(sum(answers), len(answers))}
             base = _weighted(rates, w)

@@ -273,3 +273,29 @@ def test_first_failure_policy_is_validated(district):
     with pytest.raises(policies.PolicyError, match=r"sla\.yaml: follow_up\.first_failure"):
         policies.sla_policy()
 
+
+# ---------------------------------------------------------------- a 重办 the citizen could not be reached for
+
+def test_reopened_then_not_reached_keeps_the_citizens_earlier_answer(district):
+    reopened = submit()
+    handle(orders(reopened)[0].id)
+    follow_up(reopened, resolved=False, satisfaction="unsatisfied")
+    handle(orders(reopened)[1].id, resolved=True)  # the 重办: the unit reports it resolved
+    miss_calls(reopened)
+    c = case(reopened)
+    assert (c.status, c.follow_up_outcome, c.satisfaction, c.resolved) == (
+        "closed", "not_reached", "unsatisfied", False)  # the citizen's word stands, not the unit's report
+    assert entry(reopened, "follow_up.not_reached").data == {"earlier_answer": "unsatisfied",
+                                                             "earlier_resolved": False}
+
+    never = submit()  # a first round not reached: the unit's report, no satisfaction
+    handle(orders(never)[0].id, resolved=True)
+    miss_calls(never)
+    c = case(never)
+    assert (c.follow_up_outcome, c.satisfaction, c.resolved) == ("not_reached", None, True)
+
+    # c1: resolved 0 + 1 = 1/2; satisfaction: only the reopened case's answer (unsatisfied = 0) -> 0/1
+    c1 = rates("community")["c1"]
+    assert (c1["cases"], c1["resolution_rate"], c1["satisfaction_answers"], c1["satisfaction_rate"]) == (
+        2, 0.5, 1, 0.0)
+
