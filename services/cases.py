@@ -28,7 +28,7 @@ from models.states import (
 from models.units import UnitLevel
 from notifications.payloads import reminder_text, work_order_payload
 from services import policies, registry, repeats
-from services.evaluation import citizen_answered
+from services.evaluation import citizen_answered, evaluation_record
 from services.routing import Place, route
 
 
@@ -425,9 +425,8 @@ def evaluate_and_close(session: Session, case_id: int) -> Case:
         _withdraw(session, case, wo, reason="case_closed")
     case.closed_at = now()
     move(session, case, CaseStatus.closed)
-    record(session, case, "closed", "办结", responded_in_time=case.responded_in_time,
-           completed_in_time=case.completed_in_time, resolved=case.resolved, satisfaction=case.satisfaction,
-           follow_up=case.follow_up_outcome)
+    lead = session.get(Unit, case.lead_unit) if case.lead_unit else None
+    record(session, case, "closed", "办结", **evaluation_record(case, str(lead.level) if lead else None))
     return case
 
 

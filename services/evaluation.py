@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import Session, col, select
 
+from hotline.clock import local
 from hotline.settings import get_settings
-from models import Case, CaseStatus, Summons, Unit, Whistle
+from models import Case, CaseStatus, Summons, TimelineEntry, Unit, Whistle
 from services.policies import PolicyError, _load, categories
 
 LEVELS = ("street", "department", "community", "utility")
@@ -217,6 +218,61 @@ def rates_for_month(session: Session, month: str, level: str, policy: Evaluation
         select(Summons.unit, Summons.score, Whistle.created_at).join(Whistle, Whistle.id == Summons.whistle_id)
         .where(col(Summons.score).is_not(None), col(Summons.unit).in_(codes),
                col(Whistle.created_at) >= lo, col(Whistle.created_at) < hi))] if codes else []
+    return evaluate(month, level, units, cases, ratings, policy, tz)
+
+
+# ---------------------------------------------------------------- from the timeline alone
+
+CLOSING_ENTRIES = ("closed", "imported")  # the one timeline entry per case that carries its evaluation record
+
+
+def evaluation_record(case: Case, lead_level: str | None) -> dict:
+    """What the evaluation reads about a closed case, written into its closing timeline entry (`closed` by
+    `evaluate_and_close`, `imported` for a historic case): with it the rates are reproducible from the timeline."""
+    return {"lead_unit": case.lead_unit, "lead_level": lead_level, "category": case.category,
+            "closed_at": local(case.closed_at).isoformat() if case.closed_at else None,
+            "responded_in_time": case.responded_in_time, "completed_in_time": case.completed_in_time,
+            "resolved": case.resolved, "resolved_from": _resolved_from(case), "satisfaction": case.satisfaction,
+            "follow_up": case.follow_up_outcome}
+
+
+def _resolved_from(case: Case) -> str | None:
+    """Whose word `resolved` is: the citizen's answer, or the unit's report (not reached, anonymous: flagged)."""
+    if citizen_answered(case):
+        return "citizen"
+    return "unit_report" if case.resolved is not None else None
+
+
+def _case_row(data: dict) -> CaseRow:
+    return CaseRow(lead_unit=data["lead_unit"], closed_at=datetime.fromisoformat(data["closed_at"]),
+                   category=data["category"], responded_in_time=data["responded_in_time"], resolved=data["resolved"],
+                   satisfaction=data["satisfaction"], follow_up_outcome=data["follow_up"])
+
+
+def rates_from_timeline(session: Session, month: str, level: str,
+                        policy: EvaluationPolicy | None = None) -> list[dict]:
+    """`evaluate` rebuilt from timeline entries only, without reading cases, orders or whistles: each case from
+    the evaluation record of its closing entry, each whistle rating from the `whistle.rated` entries (the last
+    score per whistle and unit) in the month of its `whistle.blown` entry. Only the list of the level's units
+    (code, name) comes from the registry. It answers what `rates_for_month` answers on the same record (an audit:
+    it reads every closing entry; entries written before they carried the record are skipped)."""
+    tz = get_settings().timezone
+    month_bounds(month, tz)
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    policy = policy or evaluation_policy()
+    units = [UnitRow(u.code, u.name, str(u.level)) for u in session.exec(select(Unit).where(Unit.level == level))]
+    cases = [_case_row(e.data) for e in session.exec(
+        select(TimelineEntry).where(col(TimelineEntry.kind).in_(CLOSING_ENTRIES))) if e.data.get("closed_at")]
+    blown: dict[int, datetime] = {}
+    scores: dict[tuple[int, str], int] = {}
+    for e in session.exec(select(TimelineEntry).where(col(TimelineEntry.kind).in_(("whistle.blown", "whistle.rated")))
+                          .order_by(col(TimelineEntry.id))):
+        if e.kind == "whistle.blown" and e.data.get("blown_at"):
+            blown[e.data["whistle_id"]] = datetime.fromisoformat(e.data["blown_at"])
+        elif e.kind == "whistle.rated":
+            scores.update({(e.data["whistle_id"], unit): score for unit, score in e.data["ratings"].items()})
+    ratings = [RatingRow(unit, score, blown[wid]) for (wid, unit), score in scores.items() if wid in blown]
     return evaluate(month, level, units, cases, ratings, policy, tz)
 
 

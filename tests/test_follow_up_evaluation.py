@@ -274,6 +274,25 @@ def test_first_failure_policy_is_validated(district):
         policies.sla_policy()
 
 
+# ---------------------------------------------------------------- anonymous: the unit's report, flagged
+
+def test_anonymous_request_skips_the_call_and_is_evaluated_on_the_units_report(district):
+    case_id = submit(anonymous=True)
+    wo = orders(case_id)[0]
+    handle(wo.id, resolved=False)  # the unit reports it could not resolve it
+    kinds = [e.kind for e in timeline(case_id)]
+    assert "follow_up.skipped" in kinds and "follow_up.requested" not in kinds
+    c = case(case_id)
+    assert (c.status, c.follow_up_outcome, c.resolved, c.satisfaction, c.follow_up_attempts) == (
+        "closed", "skipped_anonymous", False, None, 0)
+    closed = entry(case_id, "closed").data
+    assert (closed["follow_up"], closed["resolved"], closed["resolved_from"]) == ("skipped_anonymous", False,
+                                                                                  "unit_report")
+    c1 = rates("community")["c1"]  # in the resolution rate on the unit's word, not in the satisfaction rate
+    assert (c1["cases"], c1["resolution_rate"], c1["satisfaction_answers"], c1["satisfaction_rate"]) == (
+        1, 0.0, 0, None)
+
+
 # ---------------------------------------------------------------- a 重办 the citizen could not be reached for
 
 def test_reopened_then_not_reached_keeps_the_citizens_earlier_answer(district):
@@ -287,15 +306,91 @@ def test_reopened_then_not_reached_keeps_the_citizens_earlier_answer(district):
         "closed", "not_reached", "unsatisfied", False)  # the citizen's word stands, not the unit's report
     assert entry(reopened, "follow_up.not_reached").data == {"earlier_answer": "unsatisfied",
                                                              "earlier_resolved": False}
+    assert entry(reopened, "closed").data["resolved_from"] == "citizen"
 
     never = submit()  # a first round not reached: the unit's report, no satisfaction
     handle(orders(never)[0].id, resolved=True)
     miss_calls(never)
     c = case(never)
     assert (c.follow_up_outcome, c.satisfaction, c.resolved) == ("not_reached", None, True)
+    assert entry(never, "closed").data["resolved_from"] == "unit_report"
 
     # c1: resolved 0 + 1 = 1/2; satisfaction: only the reopened case's answer (unsatisfied = 0) -> 0/1
     c1 = rates("community")["c1"]
     assert (c1["cases"], c1["resolution_rate"], c1["satisfaction_answers"], c1["satisfaction_rate"]) == (
         2, 0.5, 1, 0.0)
 
+
+# ---------------------------------------------------------------- reproducible from the timeline alone
+
+def test_rates_rebuilt_from_the_timeline_equal_rates_for_month(district):
+    from hotline.clock import local, now
+    from hotline.db import read_scope, session_scope
+    from models import Case, Unit
+    from services import imports, whistles
+    from services.evaluation import LEVELS, rates_for_month, rates_from_timeline
+    from sqlmodel import select
+
+    satisfied = submit()
+    handle(orders(satisfied)[0].id)
+    follow_up(satisfied, resolved=True, satisfaction="basically_satisfied")
+    bounced = submit()
+    act(orders(bounced)[0].id, "reject", reason="不属于社区职责")
+    handle(orders(bounced)[1].id)
+    follow_up(bounced, resolved=True, satisfaction="satisfied")
+    anonymous = submit(anonymous=True)
+    handle(orders(anonymous)[0].id, resolved=False)
+    reopened = submit()
+    handle(orders(reopened)[0].id)
+    follow_up(reopened, resolved=False, satisfaction="unsatisfied")
+    handle(orders(reopened)[1].id)
+    miss_calls(reopened)
+    enquiry = submit(category="enquiry")  # 咨询: excluded by the shipped evaluation policy
+    handle(orders(enquiry)[0].id, resolved=False)
+    miss_calls(enquiry)
+    sewer = submit(category="sewer_blockage")  # led by the department, which the street summons and rates
+    with session_scope() as s:
+        whistle = whistles.blow(session=s, blower=s.get(Unit, "st_a"), case_id=sewer, units=["dept_w"],
+                                kind="daily", note=None)
+        whistle_id = whistle.id
+    with session_scope() as s:
+        whistles.report(session=s, unit=s.get(Unit, "dept_w"), whistle_id=whistle_id, note="到场")
+    with session_scope() as s:
+        whistles.rate(session=s, blower=s.get(Unit, "st_a"), whistle_id=whistle_id, ratings=[{"unit": "dept_w",
+                                                                                               "score": 2}])
+    with session_scope() as s:  # rated again: the later rating replaces the earlier one, in both records
+        whistles.rate(session=s, blower=s.get(Unit, "st_a"), whistle_id=whistle_id, ratings=[{"unit": "dept_w",
+                                                                                               "score": 4}])
+    respond_by_passes(orders(sewer)[0].id)
+    handle(orders(sewer)[0].id)
+    follow_up(sewer, resolved=True, satisfaction="satisfied")
+    closed_now = local(now())
+    result = imports.import_rows([(2, {
+        "source_ref": "IMP-1", "reported_at": closed_now.subtract(hours=2).isoformat(),
+        "closed_at": closed_now.isoformat(), "category": "noise", "lead_unit": "st_a", "community": "c1",
+        "responded_in_time": "否", "resolved": "是", "satisfaction": "satisfied"})], session_scope)
+    assert result.imported == 1
+
+    month = this_month()
+    closed = entry(bounced, "closed").data
+    assert {k: closed[k] for k in ("lead_unit", "lead_level", "category", "responded_in_time", "resolved",
+                                   "resolved_from", "satisfaction", "follow_up")} == {
+        "lead_unit": "st_a", "lead_level": "street", "category": "street_lights", "responded_in_time": True,
+        "resolved": True, "resolved_from": "citizen", "satisfaction": "satisfied", "follow_up": "answered"}
+    with read_scope() as s:
+        expected = {level: rates_for_month(s, month, level) for level in LEVELS}
+        rebuilt = {level: rates_from_timeline(s, month, level) for level in LEVELS}
+    assert rebuilt == expected
+    # not trivially equal: every level has data, the enquiry is out, the whistle blend is in
+    by_unit = {r["unit"]: r for rows in expected.values() for r in rows}
+    assert (by_unit["c1"]["cases"], by_unit["st_a"]["cases"], by_unit["dept_w"]["cases"]) == (3, 2, 1)
+    assert (by_unit["dept_w"]["whistle_ratings"], by_unit["dept_w"]["whistle_score"]) == (1, 0.75)
+
+    # the rebuild reads the timeline, not the cases: blank the cases' evaluation fields and it still answers
+    with session_scope() as s:
+        for c in s.exec(select(Case)):
+            c.lead_unit, c.responded_in_time, c.resolved, c.satisfaction = None, None, None, None
+            s.add(c)
+    with read_scope() as s:
+        assert all(r["cases"] == 0 for r in rates_for_month(s, month, "community"))
+        assert rates_from_timeline(s, month, "community") == expected["community"]
