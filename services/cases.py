@@ -29,6 +29,7 @@ from models.states import (
 from models.units import UnitLevel
 from notifications.payloads import reminder_text, work_order_payload
 from services import policies, registry, repeats
+from services.evaluation import citizen_answered, evaluation_record
 from services.routing import Place, route
 
 
@@ -352,15 +353,15 @@ def _on_follow_up(session: Session, case: Case, p: dict) -> None:
     case.resolved, case.satisfaction = p.get("resolved"), p.get("satisfaction")
     if p.get("resolved") and p.get("satisfaction") in ("satisfied", "basically_satisfied"):
         _finish_follow_up(session, case, "answered")
-    elif case.reopen_count == 0:
+    elif case.reopen_count == 0 and policies.sla_policy().follow_up.first_failure == "reopen":
         case.reopen_count = 1
         case.follow_up_attempts = 0  # the 重办 gets its own follow-up round
         move(session, case, CaseStatus.dispatched)
         unit = session.get(Unit, case.lead_unit)
         record(session, case, "reopened", f"回访不满意或未解决, 重办: {unit.code}", unit=unit.code)
         _assign(session, case, unit, reason="reopen")
-    else:
-        _escalate(session, case, None, "unsatisfied_twice", to_unit=None)
+    else:  # the second failure, or the first one when the policy escalates at once: supervisors take it
+        _escalate(session, case, None, "unsatisfied_twice" if case.reopen_count else "unsatisfied", to_unit=None)
         _finish_follow_up(session, case, "answered")
 
 
@@ -418,22 +419,27 @@ def evaluate_and_close(session: Session, case_id: int) -> Case:
     orders = list(session.exec(select(WorkOrder).where(WorkOrder.case_id == case.id)
                                .order_by(col(WorkOrder.id))).all())
     leads = [o for o in orders if o.role == "lead"]
-    first = leads[0] if leads else None
-    case.responded_in_time = bool(first and first.responded_at and first.responded_at <= first.respond_by
-                                  and not first.respond_lapsed)
+    case.responded_in_time = _responded_in_time(leads, case.lead_unit)
     case.completed_in_time = bool(leads) and not any(o.due_lapsed or o.respond_lapsed for o in leads) and any(
         o.completed_at is not None for o in leads)
-    if case.follow_up_outcome != "answered":  # not reached or anonymous: the unit's own report counts
+    if not citizen_answered(case):  # not reached or anonymous: the unit's own report counts
         last_done = next((o for o in reversed(leads) if o.status == WorkOrderStatus.completed), None)
         case.resolved = last_done.resolved if last_done else None
     for wo in _open_orders(session, case, roles=("lead", "co")):
         _withdraw(session, case, wo, reason="case_closed")
     case.closed_at = now()
     move(session, case, CaseStatus.closed)
-    record(session, case, "closed", "办结", responded_in_time=case.responded_in_time,
-           completed_in_time=case.completed_in_time, resolved=case.resolved, satisfaction=case.satisfaction,
-           follow_up=case.follow_up_outcome)
+    lead = session.get(Unit, case.lead_unit) if case.lead_unit else None
+    record(session, case, "closed", "办结", **evaluation_record(case, str(lead.level) if lead else None))
     return case
+
+
+def _responded_in_time(leads: list[WorkOrder], unit: str | None) -> bool:
+    """响应 of the unit the case is attributed to: its own first lead order on the case had its first contact
+    with the citizen (`responded_at`) by that order's `respond_by` and did not lapse (docs/evaluation.md). Another
+    unit's order — one that 退单'd the case before, or lapsed and was escalated — does not count for it."""
+    own = next((o for o in leads if o.unit == unit), None)
+    return bool(own and own.responded_at and own.responded_at <= own.respond_by and not own.respond_lapsed)
 
 
 # ---------------------------------------------------------------- helpers
@@ -504,7 +510,10 @@ def _request_follow_up(session: Session, case: Case) -> None:
 
 def _finish_follow_up(session: Session, case: Case, outcome: str) -> None:
     case.follow_up_outcome = outcome
-    if outcome == "not_reached":
+    if outcome == "not_reached" and citizen_answered(case):  # a 重办 not reached: the earlier answer stands
+        record(session, case, "follow_up.not_reached", f"回访未联系上, 以重办前的回访结果为准: {case.satisfaction}",
+               earlier_answer=case.satisfaction, earlier_resolved=case.resolved)
+    elif outcome == "not_reached":
         record(session, case, "follow_up.not_reached", "回访未联系上")
     move(session, case, CaseStatus.evaluating)
 

@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import Session, col, select
 
+from hotline.clock import local
 from hotline.settings import get_settings
-from models import Case, CaseStatus, Summons, Unit, Whistle
-from services.policies import _load
+from models import Case, CaseStatus, Summons, TimelineEntry, Unit, Whistle
+from services.policies import PolicyError, _load, categories
 
 LEVELS = ("street", "department", "community", "utility")
 SATISFACTION_VALUES = ("satisfied", "basically_satisfied", "unsatisfied")
@@ -58,7 +59,11 @@ class EvaluationPolicy(BaseModel):
 
 def evaluation_policy(policy_dir: Path | None = None) -> EvaluationPolicy:
     """policies/evaluation.yaml, validated (PolicyError with file and field); missing file: the defaults."""
-    return _load("evaluation.yaml", EvaluationPolicy, policy_dir, optional=True)
+    policy = _load("evaluation.yaml", EvaluationPolicy, policy_dir, optional=True)
+    unknown = set(policy.excluded_categories) - set(categories(policy_dir))
+    if unknown:
+        raise PolicyError(f"evaluation.yaml: excluded_categories: unknown categories {sorted(unknown)}")
+    return policy
 
 
 # ---------------------------------------------------------------- plain rows and the pure core
@@ -108,16 +113,40 @@ def _in(value: datetime | None, bounds: tuple[datetime, datetime]) -> bool:
     return value is not None and bounds[0] <= _utc(value) < bounds[1]
 
 
+def citizen_answered(case: Case | CaseRow) -> bool:
+    """Whether the citizen's answer is on record (`satisfaction` is only ever written from a follow-up answer):
+    then `resolved` is the citizen's word; otherwise (not reached, anonymous) the unit's own report."""
+    return case.satisfaction is not None
+
+
 def counts(case: CaseRow, policy: EvaluationPolicy) -> bool:
     """Whether a closed case is evaluated at all (before attribution to its unit)."""
     return (case.lead_unit is not None and case.follow_up_outcome not in EXCLUDED_OUTCOMES
             and case.category not in policy.excluded_categories)
 
 
+def _rate(numerator: float, denominator: int) -> float | None:
+    """numerator / denominator; an empty denominator is "no data" (None), not 0."""
+    return numerator / denominator if denominator else None
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+def _weighted(rates: dict[str, float | None], weights: Weights) -> float | None:
+    """The weighted mean of the rates that have data, the weights renormalised over them; None when no rate with
+    a weight above 0 has data (e.g. weights 0/0/1 and no satisfaction answer)."""
+    parts = [(getattr(weights, name), rate) for name, rate in rates.items() if rate is not None]
+    total = sum(weight for weight, _ in parts)
+    return sum(weight * rate for weight, rate in parts) / total if total > 0 else None
+
+
 def evaluate(month: str, level: str, units: list[UnitRow], cases: list[CaseRow], ratings: list[RatingRow],
              policy: EvaluationPolicy, tz: str = "Asia/Shanghai") -> list[dict]:
     """The rates, score and rank of every unit of `level` for `month`: ranked units first (rank 1, 2, ...), then
-    the units without an attributable case (rates, score and rank null), by code."""
+    the units without a score, by code: those without an attributable case (rates, score and rank null) and those
+    whose cases give no data to any weighted rate (score and rank null)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     bounds = month_bounds(month, tz)
@@ -147,20 +176,17 @@ def evaluate(month: str, level: str, units: list[UnitRow], cases: list[CaseRow],
             n = len(mine)
             responded = sum(1 for c in mine if c.responded_in_time is True)
             resolved = sum(1 for c in mine if c.resolved is True)
-            answers = [sat_value[c.satisfaction] for c in mine
-                       if c.follow_up_outcome == "answered" and c.satisfaction in sat_value]
-            response_rate, resolution_rate = responded / n, resolved / n
-            satisfaction_rate = sum(answers) / len(answers) if answers else None
-            parts = [(w.response, response_rate), (w.resolution, resolution_rate)]
-            if satisfaction_rate is not None:
-                parts.append((w.satisfaction, satisfaction_rate))
-            base = sum(wt * r for wt, r in parts) / sum(wt for wt, _ in parts)  # renormalised without answers
-            if blend and whistle is not None:
+            # the citizen's answer on record: every answered follow-up, and a 重办 case whose later round did not
+            # reach the citizen (the earlier answer stands); `satisfaction` is only ever written from an answer
+            answers = [sat_value[c.satisfaction] for c in mine if c.satisfaction in sat_value]
+            rates = {"response": _rate(responded, n), "resolution": _rate(resolved, n),
+                     "satisfaction": _rate(sum(answers), len(answers))}
+            base = _weighted(rates, w)
+            if base is not None and blend and whistle is not None:
                 base = (1 - blend) * base + blend * whistle
             row.update(responded=responded, resolved=resolved, satisfaction_answers=len(answers),
-                       response_rate=round(response_rate, 4), resolution_rate=round(resolution_rate, 4),
-                       satisfaction_rate=round(satisfaction_rate, 4) if satisfaction_rate is not None else None,
-                       score=round(100 * base, 2))
+                       **{f"{k}_rate": _round(v, 4) for k, v in rates.items()},
+                       score=_round(100 * base, 2) if base is not None else None)
         out.append(row)
 
     ranked = sorted((r for r in out if r["score"] is not None), key=lambda r: (-r["score"], -r["cases"], r["unit"]))
@@ -192,6 +218,61 @@ def rates_for_month(session: Session, month: str, level: str, policy: Evaluation
         select(Summons.unit, Summons.score, Whistle.created_at).join(Whistle, Whistle.id == Summons.whistle_id)
         .where(col(Summons.score).is_not(None), col(Summons.unit).in_(codes),
                col(Whistle.created_at) >= lo, col(Whistle.created_at) < hi))] if codes else []
+    return evaluate(month, level, units, cases, ratings, policy, tz)
+
+
+# ---------------------------------------------------------------- from the timeline alone
+
+CLOSING_ENTRIES = ("closed", "imported")  # the one timeline entry per case that carries its evaluation record
+
+
+def evaluation_record(case: Case, lead_level: str | None) -> dict:
+    """What the evaluation reads about a closed case, written into its closing timeline entry (`closed` by
+    `evaluate_and_close`, `imported` for a historic case): with it the rates are reproducible from the timeline."""
+    return {"lead_unit": case.lead_unit, "lead_level": lead_level, "category": case.category,
+            "closed_at": local(case.closed_at).isoformat() if case.closed_at else None,
+            "responded_in_time": case.responded_in_time, "completed_in_time": case.completed_in_time,
+            "resolved": case.resolved, "resolved_from": _resolved_from(case), "satisfaction": case.satisfaction,
+            "follow_up": case.follow_up_outcome}
+
+
+def _resolved_from(case: Case) -> str | None:
+    """Whose word `resolved` is: the citizen's answer, or the unit's report (not reached, anonymous: flagged)."""
+    if citizen_answered(case):
+        return "citizen"
+    return "unit_report" if case.resolved is not None else None
+
+
+def _case_row(data: dict) -> CaseRow:
+    return CaseRow(lead_unit=data["lead_unit"], closed_at=datetime.fromisoformat(data["closed_at"]),
+                   category=data["category"], responded_in_time=data["responded_in_time"], resolved=data["resolved"],
+                   satisfaction=data["satisfaction"], follow_up_outcome=data["follow_up"])
+
+
+def rates_from_timeline(session: Session, month: str, level: str,
+                        policy: EvaluationPolicy | None = None) -> list[dict]:
+    """`evaluate` rebuilt from timeline entries only, without reading cases, orders or whistles: each case from
+    the evaluation record of its closing entry, each whistle rating from the `whistle.rated` entries (the last
+    score per whistle and unit) in the month of its `whistle.blown` entry. Only the list of the level's units
+    (code, name) comes from the registry. It answers what `rates_for_month` answers on the same record (an audit:
+    it reads every closing entry; entries written before they carried the record are skipped)."""
+    tz = get_settings().timezone
+    month_bounds(month, tz)
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    policy = policy or evaluation_policy()
+    units = [UnitRow(u.code, u.name, str(u.level)) for u in session.exec(select(Unit).where(Unit.level == level))]
+    cases = [_case_row(e.data) for e in session.exec(
+        select(TimelineEntry).where(col(TimelineEntry.kind).in_(CLOSING_ENTRIES))) if e.data.get("closed_at")]
+    blown: dict[int, datetime] = {}
+    scores: dict[tuple[int, str], int] = {}
+    for e in session.exec(select(TimelineEntry).where(col(TimelineEntry.kind).in_(("whistle.blown", "whistle.rated")))
+                          .order_by(col(TimelineEntry.id))):
+        if e.kind == "whistle.blown" and e.data.get("blown_at"):
+            blown[e.data["whistle_id"]] = datetime.fromisoformat(e.data["blown_at"])
+        elif e.kind == "whistle.rated":
+            scores.update({(e.data["whistle_id"], unit): score for unit, score in e.data["ratings"].items()})
+    ratings = [RatingRow(unit, score, blown[wid]) for (wid, unit), score in scores.items() if wid in blown]
     return evaluate(month, level, units, cases, ratings, policy, tz)
 
 

@@ -28,6 +28,7 @@ from hotline.settings import get_settings
 from models import Case, CaseStatus, Unit
 from services import policies, registry
 from services.cases import find_by_source, record
+from services.evaluation import evaluation_record
 
 SOURCE = "import"
 REQUIRED = ("source_ref", "reported_at", "closed_at", "category", "lead_unit")
@@ -145,7 +146,7 @@ def import_rows(rows: Iterable[tuple[int, dict]], session_factory: Callable, *,
                 case.number = f"IMP{case.id:09d}"
                 session.add(case)
                 record(session, case, "imported", "历史工单导入", actor="import", source_ref=ref,
-                       closed_at=fields["closed_at"].isoformat())
+                       **evaluation_record(case, str(session.get(Unit, case.lead_unit).level)))
             result.imported += 1
         except RowError as exc:
             result.rejected.append(Rejected(line, exc.field, exc.reason, ref))

@@ -87,6 +87,9 @@ class Sla(BaseModel):
 class FollowUpPolicy(BaseModel):
     window: timedelta = timedelta(hours=48)
     max_attempts: int = Field(3, ge=1, le=20)  # call attempts before the citizen counts as not reached
+    # the first unsatisfied / unresolved answer: 重办 with the same lead unit (reopen), or an escalation to the
+    # supervisors at once (escalate; the case closes with the answer). The second failure always escalates.
+    first_failure: Literal["reopen", "escalate"] = "reopen"
 
     _window = field_validator("window", mode="before")(lambda cls, v: parse_duration(v))
 
@@ -184,8 +187,8 @@ class Trigger(BaseModel):
     notify: list[Literal["district", "street", "lead_unit"]] = Field(default_factory=list)
 
 
-TRIGGERS = ("overdue_response", "overdue_completion", "bounced", "whistle_not_reported", "unsatisfied_twice",
-            "extension_request", "unroutable")
+TRIGGERS = ("overdue_response", "overdue_completion", "bounced", "whistle_not_reported", "unsatisfied",
+            "unsatisfied_twice", "extension_request", "unroutable")
 
 
 class EscalationPolicy(BaseModel):

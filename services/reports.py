@@ -220,6 +220,10 @@ def _md(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _score(score: float | None) -> str:
+    return "—" if score is None else f"{score:.2f}"  # None: no weighted rate has data (docs/evaluation.md)
+
+
 def rates_markdown(report: MonthlyReport) -> str:
     """The rates tables of every level as Markdown: units and numbers only, no citizen data."""
     d = report.district
@@ -232,9 +236,9 @@ def rates_markdown(report: MonthlyReport) -> str:
         lines += [f"## {LEVEL_LABELS[level]} ({level})", ""]
         if ranked:
             lines += ["| 排名 | 单位 | 件数 | 响应率 | 解决率 | 满意率 | 得分 |", "|---:|---|---:|---:|---:|---:|---:|"]
-            lines += [f"| {r['rank']} | {_md(r['name'])} ({_md(r['unit'])}) | {r['cases']} | "
+            lines += [f"| {r['rank'] or '—'} | {_md(r['name'])} ({_md(r['unit'])}) | {r['cases']} | "
                       f"{charts.percent(r['response_rate'])} | {charts.percent(r['resolution_rate'])} | "
-                      f"{charts.percent(r['satisfaction_rate'])} | {r['score']:.2f} |" for r in ranked]
+                      f"{charts.percent(r['satisfaction_rate'])} | {_score(r['score'])} |" for r in ranked]
         else:
             lines.append("本月无数据.")
         idle = len(rows) - len(ranked)

@@ -45,7 +45,7 @@ def blow(*, session: Session, blower: Unit, case_id: int, units: list[str], kind
             "report_url": f"/api/whistles/{whistle.id}/report"}, key=f"whistle{whistle.id}-{unit.code}", case=case)
     record(session, case, "whistle.blown", f"{blower.name} 吹哨 ({kind}): {', '.join(u.name for u in summoned)}",
            actor=blower.code, whistle_id=whistle.id, whistle_kind=kind, units=[u.code for u in summoned],
-           report_by=local(report_by).isoformat())
+           blown_at=local(at).isoformat(), report_by=local(report_by).isoformat())
     return whistle
 
 

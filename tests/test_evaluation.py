@@ -257,3 +257,66 @@ def test_route(november):
         (november / "evaluation.yaml").write_text("basically_satisfied_weight: 2\n", encoding="utf-8")
         r = client.get("/api/metrics/rates", params={"month": "2026-11"}, headers=auth)
         assert r.status_code == 503 and "evaluation.yaml: basically_satisfied_weight" in r.json()["detail"]
+
+
+def test_weights_on_a_rate_without_data_give_no_score_not_a_crash(november):
+    """Weights 0/0/1 (a valid policy): a unit with cases but no satisfaction answer has nothing weighted to score —
+    no score and no rank (not 0, not ZeroDivisionError); the API, the report and its Markdown still answer."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from hotline.db import read_scope
+    from services.evaluation import rates_for_month
+    from services.reports import build_report, rates_markdown, render_html
+    (november / "evaluation.yaml").write_text(yaml.safe_dump({
+        "weights": {"response": 0, "resolution": 0, "satisfaction": 1}, "whistle": {"weight": 0}}), encoding="utf-8")
+    with read_scope() as s:
+        rows = rates_for_month(s, "2026-11", "street")
+        report = build_report(s, "2026-11")
+    u = _by_unit(rows)
+    # st_e: 2 cases, both not reached: response 1/2 and resolution 2/2 have data but weight 0; satisfaction has
+    # weight 1 but no answer (empty denominator: null, not 0) -> no score, no rank
+    e = u["st_e"]
+    assert (e["cases"], e["response_rate"], e["resolution_rate"], e["satisfaction_answers"]) == (2, 0.5, 1.0, 0)
+    assert (e["satisfaction_rate"], e["score"], e["rank"]) == (None, None, None)
+    # st_a: satisfaction (1 + 0.8)/2 = 0.9 -> 100 * 1 * 0.9 = 90.00; the perfect streets 100
+    assert [(r["unit"], r["score"], r["rank"]) for r in rows] == [
+        ("st_d", 100.0, 1), ("st_b", 100.0, 2), ("st_f", 100.0, 3), ("st_a", 90.0, 4),
+        ("st_c", None, None), ("st_e", None, None), ("st_g", None, None)]  # without a score: by code
+    assert "name of st_e" in render_html(report)
+    assert "| — | name of st_e (st_e) | 2 | 50.0% | 100.0% | — | — |" in rates_markdown(report)
+    with TestClient(create_app()) as client:
+        r = client.get("/api/metrics/rates", params={"month": "2026-11", "level": "street"},
+                       headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200 and _by_unit(r.json()["units"])["st_e"]["score"] is None
+
+
+def test_enquiries_are_excluded_by_the_shipped_policy(november):
+    """咨询 (enquiry) is a category and the shipped evaluation.yaml leaves it out of every count."""
+    from hotline.db import read_scope, session_scope
+    from services import policies
+    from services.evaluation import evaluation_policy, rates_for_month
+    assert policies.categories()["enquiry"] == "咨询"
+    assert evaluation_policy().excluded_categories == ["enquiry"]
+    with session_scope() as s:  # a bad enquiry on the perfect street st_b: it must not move st_b's numbers
+        add_case(s, "st_b", at(2026, 11, 20, 9, 0), responded=False, resolved=False, satisfaction="unsatisfied",
+                 category="enquiry")
+        add_case(s, "st_g", at(2026, 11, 20, 9, 0), category="enquiry")  # st_g: still 零诉求
+    with read_scope() as s:
+        u = _by_unit(rates_for_month(s, "2026-11", "street"))
+    assert (u["st_b"]["cases"], u["st_b"]["response_rate"], u["st_b"]["satisfaction_rate"], u["st_b"]["score"]) == (
+        1, 1.0, 1.0, 100.0)
+    assert (u["st_g"]["cases"], u["st_g"]["rank"]) == (0, None)
+    # without the exclusion the enquiry counts: st_b 2 cases, 0.5, 0.5, 0.5 -> 50.00
+    (november / "evaluation.yaml").write_text("excluded_categories: []\n", encoding="utf-8")
+    with read_scope() as s:
+        u = _by_unit(rates_for_month(s, "2026-11", "street"))
+    assert (u["st_b"]["cases"], u["st_b"]["score"]) == (2, 50.0)
+
+
+def test_an_unknown_excluded_category_is_a_policy_error(db):
+    from services.evaluation import evaluation_policy
+    from services.policies import PolicyError
+    (db / "evaluation.yaml").write_text("excluded_categories: [enquiries]\n", encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"evaluation\.yaml: excluded_categories: unknown categories \['enquiries'\]"):
+        evaluation_policy()

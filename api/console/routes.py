@@ -35,8 +35,8 @@ templates.env.filters["short"] = lambda v: v[5:16].replace("T", " ") if v else "
 
 TRIGGER_LABELS = {
     "overdue_response": "响应超时", "overdue_completion": "办理超时", "bounced": "退单过多",
-    "whistle_not_reported": "吹哨未报到", "unsatisfied_twice": "两次不满意", "extension_request": "申请延期",
-    "unroutable": "无法派单",
+    "whistle_not_reported": "吹哨未报到", "unsatisfied": "回访不满意", "unsatisfied_twice": "两次不满意",
+    "extension_request": "申请延期", "unroutable": "无法派单",
 }
 URGENCY_ORDER = {"emergency": 0, "urgent": 1, "normal": 2}
 URGENCY_LABELS = {"normal": "普通", "urgent": "紧急", "emergency": "特急"}
