@@ -1,6 +1,7 @@
 """The supervisor console in a real browser (Playwright driving Debian's Chromium) against the real stack:
-log in, see an overdue case in the queue, reassign it, see the reassignment and the new unit's webhook;
-forms refuse a missing or wrong CSRF token; a wrong token does not log in."""
+log in, see an overdue case in the queue, reassign it, see the reassignment (in Chinese) and the new unit's webhook;
+forms refuse a missing or wrong CSRF token; a wrong token does not log in. Screenshots of the queue and the case
+page, on a laptop and on a tablet, go to docs/screenshots/. Fast page tests: tests/test_console_pages.py."""
 from __future__ import annotations
 
 import re
@@ -15,6 +16,15 @@ from hotline.settings import REPO_ROOT
 from tests.conftest import Env
 
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+LAPTOP, TABLET = {"width": 1280, "height": 900}, {"width": 820, "height": 1180}
+
+
+def screenshots(page: Page, name: str) -> None:
+    """console-<name>.png at laptop size and console-<name>-tablet.png at tablet size (portrait)."""
+    page.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
+    page.set_viewport_size(TABLET)
+    page.screenshot(path=str(SCREENSHOTS / f"console-{name}-tablet.png"), full_page=True)
+    page.set_viewport_size(LAPTOP)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +37,7 @@ def browser() -> Iterator[Browser]:
 
 
 def login(browser: Browser, env: Env, token: str) -> Page:
-    page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = browser.new_page(viewport=LAPTOP, locale="zh-CN")
     page.goto(f"{env.stack.api_url}/console")
     expect(page).to_have_url(f"{env.stack.api_url}/console/login")  # not logged in: sent to the login page
     page.fill("input[name=token]", token)
@@ -48,7 +58,8 @@ def test_supervisor_reassigns_an_overdue_case(env: Env, browser: Browser):
     expect(page).to_have_url(f"{env.stack.api_url}/console")
     row = page.locator("tr", has_text=created["number"]).first
     expect(row).to_contain_text("响应超时")
-    page.screenshot(path=str(SCREENSHOTS / "console-queue.png"), full_page=True)
+    expect(row).to_contain_text("特急")
+    screenshots(page, "queue")
 
     row.locator("a").click()
     expect(page.locator("h1")).to_contain_text(created["number"])
@@ -67,10 +78,18 @@ def test_supervisor_reassigns_an_overdue_case(env: Env, browser: Browser):
         assert time.monotonic() < deadline, "the new unit's work order webhook did not arrive"
         time.sleep(0.5)
     page.reload()
-    expect(page.locator("table").filter(has_text="water_co").first).to_be_visible()
-    expect(page.locator("body")).to_contain_text("reassigned")
+    water = env.api.get("/api/units", headers=env.admin).json()
+    water_name = next(u["name"] for u in water if u["code"] == "water_co")
+    expect(page.locator("#work-orders")).to_contain_text(water_name)  # unit names, the code small beside
+    expect(page.locator("#work-orders")).to_contain_text("已撤回")  # the street's order, withdrawn
+    expect(page.locator("#timeline")).to_contain_text("改派")
+    expect(page.locator("#timeline")).to_contain_text("水质问题")
+    timeline = page.locator("#timeline").inner_text()
+    for machine in ("reassigned", "escalation.decided", "work_order.assigned", "overdue_response", "staff:"):
+        assert machine not in timeline, machine
+    expect(page.locator("#case-status")).not_to_contain_text(re.compile("[a-z_]{4,}"))  # a Chinese label
     assert "13912345678" not in page.content()  # the case page shows the citizen masked
-    page.screenshot(path=str(SCREENSHOTS / "console-case.png"), full_page=True)
+    screenshots(page, "case")
     page.close()
 
 

@@ -1,7 +1,10 @@
-"""The console's pages: login, the escalation queue, a case with its actions, the month's rates.
+"""The console's pages: login, the escalation queue, a case with its actions, the month's rates, and the
+delivery problems and ops alerts (投递异常 / 运维告警).
 
-Thin routes: reads reuse the API's case detail and the evaluation service; decisions go through
-`services.cases.decide` — the same writer as `POST /api/escalations/{id}/decision` — and wake the case run.
+Thin routes: reads reuse the API's case detail, delivery list and evaluation service; decisions go through
+`services.cases.decide` — the same writer as `POST /api/escalations/{id}/decision` — and wake the case run;
+a re-send goes through `notifications.webhooks.resend`, closing an alert through the admin API's `resolve_alert`.
+Every label people read comes from `api.console.labels`.
 """
 from __future__ import annotations
 
@@ -11,37 +14,37 @@ from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlmodel import col, select
 
+from api.console import labels
 from api.console import session as sessions
 from api.deps import is_admin
+from api.routes import deliveries as ops_api
 from api.routes.cases import case_detail
 from flows.control import wake_soon
 from hotline.clock import local, now
 from hotline.db import read_scope, session_scope
 from hotline.settings import get_settings
 from models import Case, Escalation, Unit
-from models.units import StaffRole
+from models.units import Staff, StaffRole
+from notifications import webhooks
 from services import cases, policies, registry
 from services.evaluation import LEVELS, rates_for_month
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-templates.env.filters["short"] = lambda v: v[5:16].replace("T", " ") if v else "—"  # ISO (+08:00) -> "11-24 10:14"
+labels.install(templates.env)
 
-TRIGGER_LABELS = {
-    "overdue_response": "响应超时", "overdue_completion": "办理超时", "bounced": "退单过多",
-    "whistle_not_reported": "吹哨未报到", "unsatisfied": "回访不满意", "unsatisfied_twice": "两次不满意",
-    "extension_request": "申请延期", "unroutable": "无法派单",
-}
+TRIGGERS = labels.LABELS["trigger"]
 URGENCY_ORDER = {"emergency": 0, "urgent": 1, "normal": 2}
-URGENCY_LABELS = {"normal": "普通", "urgent": "紧急", "emergency": "特急"}
-ACTIONS = {"reassign": "改派", "extend": "延期", "take_over": "包案", "close": "办结(附理由)"}
+ACTIONS = labels.LABELS["action"]
 CONSOLE_ROLES = (StaffRole.supervisor, StaffRole.dispatcher)
+CSRF_REFUSED = "缺少或错误的校验码 (CSRF), 操作已拒绝。"
+INVALID_FIELDS = {"unit": "改派至", "until": "延期至", "leader": "包案领导", "action": "处理方式"}
 
 
 def _user(request: Request) -> sessions.ConsoleUser | None:
@@ -53,9 +56,13 @@ def _login_redirect() -> RedirectResponse:
 
 
 def _page(request: Request, name: str, user, status_code: int = 200, **context) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"user": user, "labels": TRIGGER_LABELS,
-                                                      "urgency_labels": URGENCY_LABELS, **context},
-                                      status_code=status_code)
+    return templates.TemplateResponse(request, name, {"user": user, **context}, status_code=status_code)
+
+
+def _names(session) -> dict:
+    """Unit names (code → name) and staff names (id → name) for the labels."""
+    return {"unit_names": {u.code: u.name for u in session.exec(select(Unit))},
+            "staff_names": {str(s.id): s.name for s in session.exec(select(Staff))}}
 
 
 def _forbidden(request: Request, user, message: str) -> HTMLResponse:
@@ -103,7 +110,7 @@ async def logout(request: Request, csrf: str = Form("")):
     if user is None:
         return _login_redirect()
     if not sessions.csrf_ok(user, csrf):
-        return _forbidden(request, user, "缺少或错误的校验码 (CSRF), 操作已拒绝。")
+        return _forbidden(request, user, CSRF_REFUSED)
     response = _login_redirect()
     response.delete_cookie(sessions.COOKIE, path="/console")
     return response
@@ -112,30 +119,37 @@ async def logout(request: Request, csrf: str = Form("")):
 # ---------------------------------------------------------------- the queue
 
 def _queue(trigger: str | None) -> dict:
+    """Open escalations, most urgent then oldest first, with counts per trigger and per street (of all open
+    escalations, whatever the filter), and the cases waiting for a dispatcher."""
     with read_scope() as session:
         rows = session.exec(select(Escalation, Case).join(Case, Case.id == Escalation.case_id)
                             .where(Escalation.status == "open")).all()
-        units = {u.code: u.name for u in session.exec(select(Unit))}
         waiting = session.exec(select(Case).where(Case.status == "dispatched", col(Case.lead_unit).is_(None))
                                .order_by(col(Case.id))).all()
-    items = [{"id": e.id, "trigger": e.trigger, "from_unit": units.get(e.from_unit, e.from_unit),
-              "to_unit": units.get(e.to_unit, e.to_unit) if e.to_unit else "督办", "opened_at": e.opened_at,
-              "case_id": c.id, "number": c.number, "category": c.category, "urgency": c.urgency,
-              "street": units.get(c.street, c.street) if c.street else "—"} for e, c in rows]
+        names = _names(session)
+    items = [{"id": e.id, "trigger": e.trigger, "from_unit": e.from_unit, "to_unit": e.to_unit,
+              "opened_at": e.opened_at, "case_id": c.id, "number": c.number, "category": c.category,
+              "urgency": c.urgency, "street": c.street} for e, c in rows]
     by_trigger = Counter(i["trigger"] for i in items)
     by_street = Counter(i["street"] for i in items)
     if trigger:
         items = [i for i in items if i["trigger"] == trigger]
-    items.sort(key=lambda i: (URGENCY_ORDER.get(i["urgency"], 9), i["opened_at"]))  # most urgent, then oldest
+    items.sort(key=lambda i: (URGENCY_ORDER.get(i["urgency"], 9), _utc(i["opened_at"]), i["id"]))
     categories = policies.categories()
     at = now()
     for i in items:
-        i["waiting"] = _age(at - (i["opened_at"] if i["opened_at"].tzinfo else
-                                  i["opened_at"].replace(tzinfo=ZoneInfo("UTC"))))
-        i["opened_at"] = local(i["opened_at"]).strftime("%m-%d %H:%M")
+        i["waiting"] = _age(at - _utc(i["opened_at"]))
         i["category"] = categories.get(i["category"], i["category"])
-    return {"items": items, "by_trigger": sorted(by_trigger.items()), "by_street": by_street.most_common(),
-            "total": sum(by_trigger.values()), "unrouted": [{"id": c.id, "number": c.number} for c in waiting]}
+    order = list(TRIGGERS)
+    return {"items": items, "total": len(rows),
+            "by_trigger": sorted(by_trigger.items(), key=lambda t: (order.index(t[0]) if t[0] in order
+                                                                    else len(order), t[0])),
+            "by_street": sorted(by_street.items(), key=lambda s: (-s[1], s[0] is None, s[0] or "")),
+            "unrouted": [{"id": c.id, "number": c.number} for c in waiting], **names}
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=ZoneInfo("UTC"))
 
 
 def _age(delta) -> str:
@@ -149,30 +163,39 @@ async def queue(request: Request, trigger: str | None = None):
     user = _user(request)
     if user is None:
         return _login_redirect()
-    data = await run_in_threadpool(_queue, trigger if trigger in TRIGGER_LABELS else None)
+    data = await run_in_threadpool(_queue, trigger if trigger in TRIGGERS else None)
     return _page(request, "queue.html", user, trigger=trigger, **data)
 
 
 # ---------------------------------------------------------------- a case and its actions
 
-def _units() -> list[dict]:
+def _case_context(case_id: int) -> dict | None:
+    detail = case_detail(case_id)
+    if detail is None:
+        return None
     with read_scope() as session:
-        return [{"code": u.code, "name": u.name, "level": u.level}
-                for u in session.exec(select(Unit).order_by(col(Unit.level), col(Unit.code)))]
+        units = [{"code": u.code, "name": u.name, "level": u.level}
+                 for u in session.exec(select(Unit).order_by(col(Unit.level), col(Unit.code)))]
+        names = _names(session)
+    return {"case": detail, "units": units, **names,
+            "category": policies.categories().get(detail["category"], detail["category"])}
 
 
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
-async def case_page(request: Request, case_id: int, done: str | None = None, error: str | None = None,
-                    status_code: int = 200):
+async def case_page(request: Request, case_id: int, done: str | None = None):
     user = _user(request)
     if user is None:
         return _login_redirect()
-    detail = await run_in_threadpool(case_detail, case_id)
-    if detail is None:
+    return await _render_case(request, user, case_id, done=done)
+
+
+async def _render_case(request: Request, user, case_id: int, done: str | None = None, error: str | None = None,
+                       status_code: int = 200) -> HTMLResponse:
+    context = await run_in_threadpool(_case_context, case_id)
+    if context is None:
         return _page(request, "error.html", user, status_code=404, message=f"没有编号为 {case_id} 的诉求。")
-    return _page(request, "case.html", user, status_code=status_code, case=detail, units=await run_in_threadpool(_units),
-                 actions=ACTIONS, done=done, error=error,
-                 category=policies.categories().get(detail["category"], detail["category"]))
+    return _page(request, "case.html", user, status_code=status_code, actions=ACTIONS,
+                 done=done if done in ACTIONS else None, error=error, **context)
 
 
 @router.post("/escalations/{escalation_id}/decision")
@@ -183,7 +206,7 @@ async def decide(request: Request, escalation_id: int, csrf: str = Form(""), act
     if user is None:
         return _login_redirect()
     if not sessions.csrf_ok(user, csrf):
-        return _forbidden(request, user, "缺少或错误的校验码 (CSRF), 操作已拒绝。")
+        return _forbidden(request, user, CSRF_REFUSED)
 
     def case_of() -> int | None:
         with read_scope() as session:
@@ -195,18 +218,18 @@ async def decide(request: Request, escalation_id: int, csrf: str = Form(""), act
 
     problem = None
     if action not in ACTIONS:
-        problem = "请选择处理方式"
+        problem = "请选择处理方式。"
     elif not reason.strip():
-        problem = "理由必填 (reason)"
+        problem = f"请填写理由: {ACTIONS[action]}必须说明理由, 理由会记入时间线。未做任何更改。"
     until_at = None
     if not problem and action == "extend" and until:
         try:
             until_at = datetime.fromisoformat(until)
             until_at = until_at if until_at.tzinfo else until_at.replace(tzinfo=ZoneInfo(get_settings().timezone))
         except ValueError:
-            problem = f"延期时间格式不对: {until}"
+            problem = f"「延期至」的时间格式不对: {until}。未做任何更改。"
     if problem:
-        return await case_page(request, case_id, error=problem, status_code=422)
+        return await _render_case(request, user, case_id, error=problem, status_code=422)
 
     def write():
         with session_scope() as session:
@@ -216,12 +239,105 @@ async def decide(request: Request, escalation_id: int, csrf: str = Form(""), act
             return result, session.get(Case, case_id).flow_run_id
     try:
         result, flow_run_id = await run_in_threadpool(write)
-    except (cases.Invalid, cases.Conflict) as exc:
-        return await case_page(request, case_id, error=str(exc), status_code=409 if isinstance(
-            exc, cases.Conflict) else 422)
+    except cases.Invalid as exc:
+        field = INVALID_FIELDS.get(exc.field, exc.field)
+        return await _render_case(request, user, case_id, status_code=422,
+                                  error=f"{ACTIONS[action]}未完成: 请填写或检查「{field}」— {exc}。未做任何更改。")
+    except cases.Conflict as exc:
+        return await _render_case(request, user, case_id, status_code=409,
+                                  error=f"{ACTIONS[action]}未完成 — {exc}。未做任何更改。")
     if result["signal_id"]:
         wake_soon(flow_run_id, "decision", result["signal_id"])
-    return RedirectResponse(f"/console/cases/{case_id}?done={quote(ACTIONS[action])}", status_code=303)
+    return RedirectResponse(f"/console/cases/{case_id}?done={action}", status_code=303)
+
+
+# ---------------------------------------------------------------- delivery problems and ops alerts
+
+PROBLEM_STATUSES = ("dead_letter", "failed")  # what a person has to look at; pending ones are still being tried
+
+
+def _role(user: sessions.ConsoleUser) -> str:
+    return "admin" if user.actor == "admin" else user.actor.rsplit(":", 1)[-1]
+
+
+def _may_resend(user: sessions.ConsoleUser) -> bool:
+    return _role(user) in ("admin", StaffRole.supervisor)
+
+
+def _may_resolve(user: sessions.ConsoleUser) -> bool:
+    """Only the admin: the API's resolve records the admin as who closed the alert."""
+    return _role(user) == "admin"
+
+
+def _ops() -> dict:
+    with read_scope() as session:
+        rows = [d for status in PROBLEM_STATUSES
+                for d in ops_api._list(session, status=status, unit=None, limit=200, with_attempts=False)]
+        case_ids = {int(d["case_id"]) for d in rows if d["case_id"]}
+        numbers = {str(i): n for i, n in session.exec(select(Case.id, Case.number)
+                                                        .where(col(Case.id).in_(case_ids)))} if case_ids else {}
+        names = _names(session)
+    rows.sort(key=lambda d: int(d["id"]), reverse=True)
+    return {"deliveries": rows, "numbers": numbers, **names}
+
+
+@router.get("/ops", response_class=HTMLResponse)
+async def ops_page(request: Request, resent: int | None = None, resolved: int | None = None):
+    """投递异常 / 运维告警: dead-letter and refused webhook deliveries, and the open ops alerts."""
+    user = _user(request)
+    if user is None:
+        return _login_redirect()
+    return await _render_ops(request, user, resent=resent, resolved=resolved)
+
+
+async def _render_ops(request: Request, user, resent: int | None = None, resolved: int | None = None,
+                      error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    data = await run_in_threadpool(_ops)
+    alerts = await ops_api.list_alerts(None, status="open")
+    return _page(request, "ops.html", user, status_code=status_code, alerts=alerts, resent=resent,
+                 resolved=resolved, error=error, may_resend=_may_resend(user), may_resolve=_may_resolve(user),
+                 **data)
+
+
+@router.post("/deliveries/{delivery_id}/resend")
+async def resend(request: Request, delivery_id: int, csrf: str = Form("")):
+    """Put a dead-letter or refused delivery back to pending (same webhook-id); the next watch round sends it."""
+    user = _user(request)
+    if user is None:
+        return _login_redirect()
+    if not sessions.csrf_ok(user, csrf):
+        return _forbidden(request, user, CSRF_REFUSED)
+    if not _may_resend(user):
+        return _forbidden(request, user, "只有督办人员或管理员可以重发推送。")
+
+    def write():
+        with session_scope() as session:
+            webhooks.resend(session, delivery_id)
+    try:
+        await run_in_threadpool(write)
+    except webhooks.NotResendable as exc:
+        return await _render_ops(request, user, status_code=409, error=(
+            f"推送 #{delivery_id} 不能重发: 只有被拒收或投递失败 (死信) 的推送可以重发, "
+            f"它现在是「{labels.zh(exc.current, 'delivery_status')}」。"))
+    except LookupError:
+        return _page(request, "error.html", user, status_code=404, message=f"没有编号为 {delivery_id} 的推送。")
+    return RedirectResponse(f"/console/ops?resent={delivery_id}", status_code=303)
+
+
+@router.post("/alerts/{alert_id}/resolve")
+async def resolve(request: Request, alert_id: int, csrf: str = Form("")):
+    user = _user(request)
+    if user is None:
+        return _login_redirect()
+    if not sessions.csrf_ok(user, csrf):
+        return _forbidden(request, user, CSRF_REFUSED)
+    if not _may_resolve(user):
+        return _forbidden(request, user, "只有管理员可以关闭运维告警。")
+    try:
+        await ops_api.resolve_alert(alert_id, None)
+    except HTTPException:
+        return _page(request, "error.html", user, status_code=404, message=f"没有编号为 {alert_id} 的告警。")
+    return RedirectResponse(f"/console/ops?resolved={alert_id}", status_code=303)
 
 
 # ---------------------------------------------------------------- the month's rates
