@@ -1,5 +1,9 @@
-"""The baseline: an empty async flow served by `serve` exactly like the case flow (one subprocess per run)."""
+"""The baselines: an empty async flow, run exactly like the case flow — by `serve` (one subprocess per run), or with
+`--inprocess` by the in-process executor (flows/executor.py, one event loop)."""
 from __future__ import annotations
+
+import asyncio
+import sys
 
 from prefect import flow, serve
 
@@ -10,4 +14,9 @@ async def empty() -> None:
 
 
 if __name__ == "__main__":
-    serve(empty.to_deployment(name="bench", tags=["bench"]), limit=None)
+    options = dict(name="bench", tags=["bench"])
+    if "--inprocess" in sys.argv:
+        from flows.executor import main
+        asyncio.run(main(deploy=[(empty, options)]))
+    else:
+        serve(empty.to_deployment(**options), limit=None)

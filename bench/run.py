@@ -106,7 +106,7 @@ class Bench:
         self.db_url = db_url or f"sqlite:///{self.home / 'hotline.db'}"
         self.stack = Stack(home=self.home, api_port=free_port(), prefect_port=free_port(), database_url=db_url,
                            prefect_database_url=prefect_url, policy_dir=policy_dir, watch_interval_seconds=2,
-                           quiet=True)
+                           executor=args.executor, quiet=True)
         self.receiver = Receiver(port=free_port())
         self.figures: list[Figure] = []
         self.notes: list[str] = []
@@ -136,7 +136,8 @@ class Bench:
             return conn.execute(text(sql), params).scalar_one()
 
     def procs(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.stack.procs.items() if name in ("prefect-server", "serve", "api")}
+        return {name: p.pid for name, p in self.stack.procs.items()
+                if name in ("prefect-server", "serve", "executor", "api")}
 
     def cpu(self) -> dict[str, float]:
         out = {name: cpu_seconds(pid) for name, pid in self.procs().items()}
@@ -150,9 +151,10 @@ class Bench:
 
     # ------------------------------------------------------------ the measurements
 
-    def baseline(self, n: int) -> float | None:
-        """Empty flow runs/s through `serve` (each run is a fresh subprocess)."""
-        self.stack._spawn("bench-serve", [sys.executable, "-m", "bench.empty_flow"])
+    def baseline(self, n: int, inprocess: bool = False) -> float | None:
+        """Empty flow runs/s through `serve` (each run is a fresh subprocess), or through the in-process executor."""
+        self.stack._spawn("bench-serve", [sys.executable, "-m", "bench.empty_flow",
+                                          *(["--inprocess"] if inprocess else [])])
         prefect = httpx.Client(base_url=self.stack.prefect_url, timeout=60)
         deadline = time.monotonic() + 120
         while (r := prefect.get("/api/deployments/name/bench-empty/bench")).status_code != 200:
@@ -174,6 +176,7 @@ class Bench:
         elapsed = time.monotonic() - start
         proc = self.stack.procs.pop("bench-serve")
         os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
         return rate(done, elapsed)
 
     def lifecycles(self, api: httpx.Client, units: Units, follow_up: dict, n: int) -> float | None:
@@ -326,6 +329,9 @@ class Bench:
 
         base = self.baseline(a.baseline_runs)
         self.figures.append(Figure("empty flow runs/s through serve (baseline)", base, "runs/s"))
+        inproc = self.baseline(a.baseline_runs, inprocess=True)
+        self.figures.append(Figure("empty flow runs/s through the in-process executor", inproc, "runs/s",
+                                   ratio(inproc, base)))
 
         cpu0 = self.cpu()
         life = self.lifecycles(api, units, follow_up, a.lifecycles)
@@ -376,8 +382,10 @@ class Bench:
             "",
             f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:,} MB RAM; Python {platform.python_version()}; "
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-            f"- Topology: the embedded default — Prefect server ({'Postgres' if a.postgres else 'SQLite'}), "
-            f"`serve` (a subprocess per flow run), one API process (uvicorn); our DB on "
+            f"- Topology: Prefect server ({'Postgres' if a.postgres else 'SQLite'}), "
+            + ("the in-process executor (one event loop, flows/executor.py)" if a.executor == "inprocess"
+               else "`serve` (a subprocess per flow run)")
+            + ", one API process (uvicorn); our DB on "
             f"{'Postgres' if a.postgres else 'SQLite'}; deadline watch every 2 s; webhooks to a local receiver "
             f"that answers the bench's cases at once.",
             f"- Sizes: {a.baseline_runs} baseline runs, {a.lifecycles} lifecycles, burst {a.burst}, "
@@ -401,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="./run bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CI): a few minutes, no targets judged")
     p.add_argument("--postgres", action="store_true", help="our DB and Prefect's on Postgres")
+    p.add_argument("--executor", choices=("serve", "inprocess"), default="serve",
+                   help="what runs the case flows: serve (a process per run) or the in-process executor")
     p.add_argument("--baseline-runs", type=int, default=30)
     p.add_argument("--lifecycles", type=int, default=10_000)
     p.add_argument("--burst", type=int, default=10_000)

@@ -63,8 +63,11 @@ class Executor:
     """Claims and runs the scheduled runs of our deployments in this process's event loop."""
 
     def __init__(self, *, limit: int = 100, poll_seconds: float = 0.5, heartbeat_seconds: float = 5,
-                 dead_after_seconds: float = 30, grace_seconds: float = 20, executor_id: str | None = None):
+                 dead_after_seconds: float = 30, grace_seconds: float = 20, executor_id: str | None = None,
+                 deploy: list[tuple[Flow, dict]] | None = None):
+        """`deploy`: the flows to serve with their deployment options (default: ours, flows/serve.py)."""
         self.id = executor_id or f"executor:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.deploy = deploy if deploy is not None else deployment_options()
         self.limit, self.poll_seconds = limit, poll_seconds
         self.heartbeat_seconds, self.dead_after = heartbeat_seconds, timedelta(seconds=dead_after_seconds)
         self.grace_seconds = grace_seconds
@@ -78,7 +81,7 @@ class Executor:
     async def start(self) -> None:
         """Register the deployments (as `serve` does) and this executor's first heartbeat. The API creates our
         schema; until it has, the heartbeat fails and is tried again on the next beat."""
-        for flow, options in deployment_options():
+        for flow, options in self.deploy:
             deployment = await flow.ato_deployment(**options)
             self.flows[await deployment.aapply()] = flow
         try:
@@ -277,11 +280,11 @@ class Executor:
                 await self._hand_back(client, flow_run, f"executor {self.id} stopped")
 
 
-async def main() -> None:
+async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     executor = Executor(limit=settings.executor_limit, heartbeat_seconds=settings.executor_heartbeat_seconds,
-                        dead_after_seconds=settings.executor_dead_after_seconds)
+                        dead_after_seconds=settings.executor_dead_after_seconds, deploy=deploy)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, executor.stop)

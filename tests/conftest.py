@@ -28,6 +28,11 @@ from hotline.settings import REPO_ROOT
 FAST_ADMIN_TOKEN = "test-admin-token"  # the admin token of the fast tests' `db` fixture
 POSTGRES_ADMIN = os.environ.get("HOTLINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
+# How long a test waits for the stack to move a case on. Generous: Prefect's own SQLite on 2 busy cores can stall
+# every writer for a minute at times (its requests wait for the write lock up to PREFECT_SERVER_DATABASE_TIMEOUT,
+# and its client retries a 503 with backoff), which a busy minute of a real district must survive too.
+STACK_TIMEOUT = 240
+
 # Service levels for tests: `emergency` lapses in seconds, the rest never does during a test.
 TEST_SLA = {
     "urgency": {
@@ -83,7 +88,7 @@ class Env:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def wait(self, case_id: str, until: Callable[[dict], bool], what: str, timeout: float = 90) -> dict:
+    def wait(self, case_id: str, until: Callable[[dict], bool], what: str, timeout: float = STACK_TIMEOUT) -> dict:
         deadline = time.monotonic() + timeout
         detail = self.case(case_id)
         while not until(detail):
@@ -94,7 +99,7 @@ class Env:
             detail = self.case(case_id)
         return detail
 
-    def wait_orders(self, case_id: str, n: int, timeout: float = 90) -> dict:
+    def wait_orders(self, case_id: str, n: int, timeout: float = STACK_TIMEOUT) -> dict:
         return self.wait(case_id, lambda d: len(d["work_orders"]) >= n, f"{n} work order(s)", timeout)
 
     def act(self, work_order_id: str, unit: str, **event) -> httpx.Response:
@@ -113,7 +118,7 @@ class Env:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def wait_paused(self, flow_run_id: str, timeout: float = 60) -> dict:
+    def wait_paused(self, flow_run_id: str, timeout: float = STACK_TIMEOUT) -> dict:
         deadline = time.monotonic() + timeout
         while (run := self.flow_run(flow_run_id))["state_type"] != "PAUSED":
             if time.monotonic() > deadline:

@@ -49,10 +49,11 @@ def test_smoke_run_writes_a_report(tmp_path):
     """The whole benchmark at tiny sizes: it runs, measures every figure, and writes the report."""
     from bench.run import main
     out = tmp_path / "performance.md"
-    assert main(["--smoke", "--out", str(out)]) == 0
+    assert main(["--smoke", "--executor", "inprocess", "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
-    for figure in ("empty flow runs/s through serve", "full lifecycles/s", "durable accepts/s",
-                   "cases lost", "intake → first webhook p95", "escalation latency p99", "CPU per lifecycle: serve"):
+    for figure in ("empty flow runs/s through serve", "empty flow runs/s through the in-process executor",
+                   "in-process executor (one event loop", "CPU per lifecycle: executor", "full lifecycles/s", "durable accepts/s",
+                   "cases lost", "intake → first webhook p95", "escalation latency p99"):
         assert figure in text
     line = next(l for l in text.splitlines() if l.startswith("| full lifecycles/s"))
     assert "| — |" not in line.split("cases/s")[0]  # a measured figure, not a blank

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import TEST_SLA, Env
+from tests.conftest import STACK_TIMEOUT, TEST_SLA, Env
 
 CITIZEN_NAME, CITIZEN_PHONE = "陈阿姨", "13912345678"
 
@@ -54,7 +54,7 @@ def test_happy_path_to_closed(env: Env):
     assert run["name"] == number
     assert run["parameters"] == {"case_id": int(case_id)}
     assert {"district:haidian", "street:haidian_st", "category:street_lights", "urgency:normal"} <= set(run["tags"])
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + STACK_TIMEOUT
     while env.flow_run(created["flow_run_id"])["state_type"] != "COMPLETED":
         assert time.monotonic() < deadline, "case flow run did not complete"
         time.sleep(0.5)
@@ -65,7 +65,7 @@ def test_no_citizen_details_in_prefect(env: Env):
     detail = env.wait_orders(created["case_id"], 1)
     env.wait_paused(created["flow_run_id"])
     run = env.flow_run(created["flow_run_id"])
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + STACK_TIMEOUT
     while not (logs := env.prefect.post("/api/logs/filter", json={
             "logs": {"flow_run_id": {"any_": [created["flow_run_id"]]}}}).json()):  # logs are shipped in batches
         assert time.monotonic() < deadline, "the case run should have logged its steps"
@@ -77,7 +77,7 @@ def test_no_citizen_details_in_prefect(env: Env):
     assert detail["citizen"] == {"name": "王**", "phone": "137****1111", "anonymous": False}
 
 
-def _run_when(env: Env, run_id: str, state_name: str, timeout: float = 60) -> dict:
+def _run_when(env: Env, run_id: str, state_name: str, timeout: float = STACK_TIMEOUT) -> dict:
     """The run in state `state_name` with its stage tag (published right after the state is accepted)."""
     stage_tag = "stage:" + state_name.lower().replace(" ", "-")
     deadline = time.monotonic() + timeout
@@ -127,7 +127,7 @@ def test_lapsed_deadlines_escalate_up_the_ladder(env: Env):
     """社区 → 街道 → 区: each lapse marks the order, sends the next level a new order, opens an escalation."""
     created = env.submit(urgency="emergency", category="sanitation", location={"community": "万泉庄社区"})
     case_id, number = created["case_id"], created["number"]
-    detail = env.wait_orders(case_id, 3, timeout=120)
+    detail = env.wait_orders(case_id, 3, timeout=STACK_TIMEOUT)
     units = [o["unit"] for o in detail["work_orders"]]
     assert units == ["wanquanzhuang", "haidian_st", "haidian"]
     first, second, third = detail["work_orders"]
@@ -146,7 +146,7 @@ def test_lapsed_deadlines_escalate_up_the_ladder(env: Env):
     listed = env.api.get("/api/escalations?status=open", headers=env.staff("supervisor")).json()
     assert {(e["trigger"], e["from_unit"]) for e in listed if e["case_number"] == number} == {
         ("overdue_response", "wanquanzhuang"), ("overdue_response", "haidian_st"), ("overdue_response", "haidian")}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + STACK_TIMEOUT
     while not env.receiver.of(unit="haidian_st", type="work_order.escalated", case_number=number):
         assert time.monotonic() < deadline, "the lapsed unit was not told its order was escalated"
         time.sleep(0.5)
@@ -346,7 +346,7 @@ def test_failed_delivery_is_recorded_and_retried(env: Env):
         routing.write_text(original, encoding="utf-8")
     assert detail["work_orders"][0]["unit"] == "judicial_office"  # an edited responsibility list applies at once
     detail = env.wait(created["case_id"], lambda d: d["deliveries"][0]["status"] == "delivered",
-                      "delivery after retries", timeout=60)
+                      "delivery after retries", timeout=STACK_TIMEOUT)
     delivery = detail["deliveries"][0]
     assert delivery["attempts"] == 3
     answered = [status for unit, wid, status in env.receiver.attempts if wid == delivery["webhook_id"]]

@@ -43,7 +43,7 @@ def test_units_add_prints_credentials_once_and_list_shows_the_unit(env: Env):
 
 def test_escalations_list_and_decide_reassign(env: Env):
     created = env.submit(urgency="emergency", category="sanitation", location={"community": "万泉庄社区"})
-    detail = env.wait(created["case_id"], lambda d: d["escalations"], "an escalation", timeout=120)
+    detail = env.wait(created["case_id"], lambda d: d["escalations"], "an escalation")
     escalation_id = detail["escalations"][0]["id"]
     listed = cli(env, "escalations", "list")
     assert listed.exit_code == 0 and created["number"] in listed.output, listed.output

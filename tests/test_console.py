@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from hotline.settings import REPO_ROOT
-from tests.conftest import Env
+from tests.conftest import STACK_TIMEOUT, Env
 
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 LAPTOP, TABLET = {"width": 1280, "height": 900}, {"width": 820, "height": 1180}
@@ -48,7 +48,7 @@ def login(browser: Browser, env: Env, token: str) -> Page:
 def overdue_case(env: Env) -> dict:
     """An emergency case whose response deadline lapses in seconds (test SLA): it escalates."""
     created = env.submit(urgency="emergency", category="sanitation", location={"community": "万泉庄社区"})
-    env.wait(created["case_id"], lambda d: d["escalations"], "an escalation", timeout=120)
+    env.wait(created["case_id"], lambda d: d["escalations"], "an escalation")
     return created
 
 
@@ -73,7 +73,7 @@ def test_supervisor_reassigns_an_overdue_case(env: Env, browser: Browser):
     detail = env.wait(created["case_id"], lambda d: any(o["unit"] == "water_co" for o in d["work_orders"]),
                       "the reassigned work order")
     assert any(t["kind"] == "escalation.decided" and "水质问题" in (t["note"] or "") for t in detail["timeline"])
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STACK_TIMEOUT
     while not env.receiver.of(unit="water_co", type="work_order.assigned", case_number=created["number"]):
         assert time.monotonic() < deadline, "the new unit's work order webhook did not arrive"
         time.sleep(0.5)

@@ -17,7 +17,7 @@ from sqlmodel import Session, create_engine
 
 from hotline.clock import now
 from models import ExecutorBeat
-from tests.conftest import Env, stack_env
+from tests.conftest import STACK_TIMEOUT, Env, stack_env
 
 EXECUTOR_ENV = {"HOTLINE_EXECUTOR_HEARTBEAT_SECONDS": "1", "HOTLINE_EXECUTOR_DEAD_AFTER_SECONDS": "6"}
 
@@ -79,7 +79,7 @@ def test_a_case_runs_to_its_end_in_the_executor(inproc: Env):
     detail = inproc.wait(case_id, lambda d: d["status"] == "closed", "close")
     assert len(detail["work_orders"]) == 1
     assert len(inproc.receiver.of(type="work_order.assigned", case_number=created["number"])) == 1
-    deadline = time.monotonic() + 60  # the case is closed; the run still publishes its last stage
+    deadline = time.monotonic() + STACK_TIMEOUT  # the case is closed; the run still publishes its last stage
     while (final := inproc.flow_run(run_id))["state_type"] != "COMPLETED":
         assert time.monotonic() < deadline, final["state_type"]
         time.sleep(0.5)
@@ -142,7 +142,7 @@ def test_a_dead_executors_running_run_is_run_again(inproc: Env):
 def test_killing_the_executor_mid_run_loses_and_duplicates_nothing(inproc: Env):
     created = [inproc.submit(category="street_lights") for _ in range(4)]
     run_ids = [c["flow_run_id"] for c in created]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STACK_TIMEOUT
     while not any(r["state_type"] in ("PENDING", "RUNNING") for r in runs_of(inproc, run_ids)):
         assert time.monotonic() < deadline, "no run started"
         time.sleep(0.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from hotline.clock import local, now
-from tests.conftest import Env
+from tests.conftest import STACK_TIMEOUT, Env
 
 
 def test_monthly_report_flow_writes_files_and_publishes_the_rates(env: Env):
@@ -23,7 +23,7 @@ def test_monthly_report_flow_writes_files_and_publishes_the_rates(env: Env):
     run = env.prefect_post(f"/api/deployments/{deployment.json()['id']}/create_flow_run",
                            {"parameters": {"month": month}})
     assert run.status_code == 201, run.text
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + STACK_TIMEOUT
     while (state := env.flow_run(run.json()["id"]))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
         assert time.monotonic() < deadline, f"monthly report run is {state['state_name']}"
         time.sleep(1)
