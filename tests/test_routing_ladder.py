@@ -1,0 +1,170 @@
+"""Routing, the escalation ladder and policies in force, on a temporary SQLite DB with the demo district registered
+through the API exactly as the test stack registers it (hotline.demo.register_district); cases are driven through
+the one case writer (services/cases.py) the way the case flow and the deadline watch drive them."""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from hotline.demo import register_district
+from hotline.receiver import Receiver
+from hotline.settings import REPO_ROOT
+from tests.conftest import FAST_ADMIN_TOKEN as ADMIN
+
+_ref = itertools.count(1)
+T0 = datetime(2026, 11, 10, 2, 0, tzinfo=timezone.utc)  # Tuesday 10:00 in Beijing, a working day
+
+
+@pytest.fixture
+def district(db):
+    """The demo district (demo/district.yaml) registered through the API; yields the policy folder."""
+    from api.main import create_app
+    with TestClient(create_app()) as api:
+        registered = register_district(api, ADMIN, Receiver(port=9))  # the receiver is only named, never called
+    assert registered.unit_tokens
+    return db
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The case writer's clock, moved by hand."""
+    from services import cases
+
+    class Clock:
+        at = T0
+
+        def advance(self, **delta) -> datetime:
+            self.at += timedelta(**delta)
+            return self.at
+
+    fixed = Clock()
+    monkeypatch.setattr(cases, "now", lambda: fixed.at)
+    return fixed
+
+
+def new_case(category: str, community: str = "小南庄社区", urgency: str = "normal") -> int:
+    """Record, collect and dispatch one case (the flow's first steps); returns its id."""
+    from hotline.db import session_scope
+    from services import cases
+    n = next(_ref)
+    fields = {"source": "hotline", "source_ref": f"rl-{n}", "category": category, "description": "d",
+              "urgency": urgency, "location": {"community": community}, "citizen_name": "陈阿姨",
+              "citizen_phone": f"1390000{n:04d}", "reported_at": T0}
+    with session_scope() as s:
+        case_id = cases.create_case(session=s, fields=fields)[0].id
+    with session_scope() as s:
+        cases.collect(s, case_id)
+    with session_scope() as s:
+        cases.dispatch(s, case_id)
+    return case_id
+
+
+def case(case_id: int):
+    from hotline.db import read_scope
+    from models import Case
+    with read_scope() as s:
+        return s.get(Case, case_id)
+
+
+def orders(case_id: int) -> list:
+    from hotline.db import read_scope
+    from models import WorkOrder
+    from sqlmodel import col, select
+    with read_scope() as s:
+        return list(s.exec(select(WorkOrder).where(WorkOrder.case_id == case_id).order_by(col(WorkOrder.id))))
+
+
+def timeline(case_id: int) -> list:
+    from hotline.db import read_scope
+    from models import TimelineEntry
+    from sqlmodel import col, select
+    with read_scope() as s:
+        return list(s.exec(select(TimelineEntry).where(TimelineEntry.case_id == case_id)
+                           .order_by(col(TimelineEntry.id))))
+
+
+def escalations(case_id: int) -> list:
+    from hotline.db import read_scope
+    from models import Escalation
+    from sqlmodel import col, select
+    with read_scope() as s:
+        return list(s.exec(select(Escalation).where(Escalation.case_id == case_id).order_by(col(Escalation.id))))
+
+
+def unit_answers(case_id: int, unit: str, *events: str) -> None:
+    """The unit answers its open order with `events`; the case flow applies them (settle)."""
+    from hotline.db import session_scope
+    from models import Unit
+    from services import cases
+    wo = orders(case_id)[-1]
+    assert wo.unit == unit
+    for kind in events:
+        with session_scope() as s:
+            event = {"type": kind} | ({"resolved": True} if kind == "complete" else {})
+            cases.apply_unit_event(session=s, unit=s.get(Unit, unit), work_order_id=wo.id, event=event)
+        with session_scope() as s:
+            cases.settle(s, case_id)
+
+
+def lapse(case_id: int, which: str = "due") -> None:
+    """The deadline watch finds the open lead order's deadline lapsed; the case flow applies it."""
+    from hotline.db import session_scope
+    from models import WorkOrder
+    from services import cases
+    with session_scope() as s:
+        wo = s.get(WorkOrder, [o for o in orders(case_id) if o.role == "lead"][-1].id)
+        assert cases.signal_lapse(s, wo, which) is not None
+    with session_scope() as s:
+        cases.settle(s, case_id)
+
+
+def edit(policy_dir, name: str, change) -> None:
+    path = policy_dir / name
+    path.write_text(yaml.safe_dump(change(yaml.safe_load(path.read_text(encoding="utf-8"))), allow_unicode=True),
+                    encoding="utf-8")
+
+
+# ---------------------------------------------------------------- routing (权责清单)
+
+def test_the_demo_district_has_every_unit_the_responsibility_list_names(district):
+    from api.main import create_app
+    with TestClient(create_app()) as api:
+        check = api.get("/api/policies/check", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert check["ok"] is True, check["problems"]
+
+
+@pytest.mark.parametrize("category, utility", [
+    ("water_quality", "water_co"), ("heating", "heating_co"), ("gas", "gas_co"), ("power_supply", "power_co")])
+def test_utility_categories_go_straight_to_the_utility(district, category, utility):
+    case_id = new_case(category)
+    [order] = orders(case_id)
+    assert (order.unit, order.role, order.reason) == (utility, "lead", "dispatch")
+    assert case(case_id).lead_unit == utility
+    [routed] = [t for t in timeline(case_id) if t.kind == "routed"]
+    assert "公共服务企业直派" in routed.data["rule"]
+    from hotline.db import read_scope
+    from models import Unit
+    with read_scope() as s:
+        assert s.get(Unit, utility).level == "utility"
+
+
+def test_a_category_without_a_rule_goes_to_the_street(district):
+    [order] = orders(new_case("noise"))
+    assert (order.unit, order.reason) == ("haidian_st", "direct")
+
+
+def test_an_unknown_category_falls_back_to_uncategorised(district):
+    case_id = new_case("not_a_category")
+    assert case(case_id).category == "uncategorised"
+    [unknown] = [t for t in timeline(case_id) if t.kind == "category_unknown"]
+    assert unknown.data == {"given": "not_a_category"}
+    [order] = orders(case_id)
+    assert (order.unit, order.reason) == ("haidian_st", "direct")  # no rule for it: 直派 to the street
