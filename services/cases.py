@@ -352,7 +352,7 @@ def _on_follow_up(session: Session, case: Case, p: dict) -> None:
         case.reopen_count = 1
         case.follow_up_attempts = 0  # the 重办 gets its own follow-up round
         move(session, case, CaseStatus.dispatched)
-        unit = session.get(Unit, case.lead_unit)
+        unit = _reopen_unit(session, case)
         record(session, case, "reopened", f"回访不满意或未解决, 重办: {unit.code}", unit=unit.code)
         _assign(session, case, unit, reason="reopen")
     else:
@@ -548,6 +548,12 @@ def _first_unit(session: Session, *codes: str | None) -> Unit | None:
         if code and (unit := session.get(Unit, code)) is not None:
             return unit
     return None
+
+
+def _reopen_unit(session: Session, case: Case) -> Unit:
+    """重办 goes back to the owner (首接负责: the first unit that accepted owns the case to the end); a case that
+    no unit accepted goes back to its lead unit."""
+    return _first_unit(session, case.owner_unit, case.lead_unit)
 
 
 def _has_entry(session: Session, case: Case, kind: str) -> bool:

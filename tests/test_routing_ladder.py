@@ -168,3 +168,27 @@ def test_an_unknown_category_falls_back_to_uncategorised(district):
     assert unknown.data == {"given": "not_a_category"}
     [order] = orders(case_id)
     assert (order.unit, order.reason) == ("haidian_st", "direct")  # no rule for it: 直派 to the street
+
+
+# ---------------------------------------------------------------- 首接负责 and 重办
+
+def test_reopen_goes_to_the_owner_not_the_unit_that_held_it_last(district, clock):
+    from hotline.db import session_scope
+    from services import cases
+    case_id = new_case("sanitation", community="万泉庄社区")
+    unit_answers(case_id, "wanquanzhuang", "accept")
+    assert case(case_id).owner_unit == "wanquanzhuang"  # 首接负责: the first unit that accepted owns it
+    clock.advance(days=30)
+    lapse(case_id)  # the community runs out of time: the street gets an order
+    assert case(case_id).lead_unit == "haidian_st"
+    unit_answers(case_id, "haidian_st", "accept", "contacted", "complete")
+    assert case(case_id).status == "awaiting_follow_up"
+    with session_scope() as s:
+        cases.record_follow_up(session=s, case_id=case_id, actor="t",
+                               answer={"reached": True, "resolved": False, "satisfaction": "unsatisfied"})
+    with session_scope() as s:
+        cases.settle(s, case_id)
+    reopened = orders(case_id)[-1]
+    assert (reopened.unit, reopened.reason) == ("wanquanzhuang", "reopen")
+    assert (case(case_id).lead_unit, case(case_id).owner_unit) == ("wanquanzhuang", "wanquanzhuang")
+    assert [t.data["unit"] for t in timeline(case_id) if t.kind == "reopened"] == ["wanquanzhuang"]
