@@ -179,6 +179,13 @@ class LadderLevel(BaseModel):
     _spans = field_validator("respond_within", "due_within", mode="before")(lambda cls, v: _span(v))
 
 
+class TakeOverRung(LadderLevel):
+    """包案, the rung above the district: when the district's own order runs out of time, `leader` takes the case
+    over and the open order gets this rung's allowed time (a supervisor's take-over gets the same time)."""
+
+    leader: str = Field(min_length=1, max_length=100)
+
+
 class Trigger(BaseModel):
     escalate_up: bool = False  # also send a new order one level up (lapses); otherwise a record for supervisors
     notify: list[Literal["district", "street", "lead_unit"]] = Field(default_factory=list)
@@ -191,6 +198,7 @@ TRIGGERS = ("overdue_response", "overdue_completion", "bounced", "whistle_not_re
 class EscalationPolicy(BaseModel):
     levels: dict[Literal["community", "street", "department", "utility", "district"], LadderLevel] = Field(
         default_factory=dict)
+    take_over: TakeOverRung | None = None  # 包案; none: above the district, supervisors alone decide
     max_bounces: int = Field(default=2, ge=0)
     triggers: dict[str, Trigger] = Field(default_factory=dict)
 

@@ -192,3 +192,62 @@ def test_reopen_goes_to_the_owner_not_the_unit_that_held_it_last(district, clock
     assert (reopened.unit, reopened.reason) == ("wanquanzhuang", "reopen")
     assert (case(case_id).lead_unit, case(case_id).owner_unit) == ("wanquanzhuang", "wanquanzhuang")
     assert [t.data["unit"] for t in timeline(case_id) if t.kind == "reopened"] == ["wanquanzhuang"]
+
+
+# ---------------------------------------------------------------- the ladder's top rung: 包案
+
+def test_when_the_district_runs_out_of_time_the_ladders_leader_takes_over(district, clock):
+    from services import policies
+    rung = policies.escalation_policy().take_over
+    assert rung is not None and rung.leader
+    case_id = new_case("illegal_parking")  # → 城管 (a department: it answers to the district)
+    clock.advance(days=30)
+    lapse(case_id)
+    assert orders(case_id)[-1].unit == "haidian"
+    district_order = orders(case_id)[-1]
+    at = clock.advance(days=30)
+    lapse(case_id)  # the district's own time runs out: 包案
+
+    assert case(case_id).taken_over_by == rung.leader
+    latest = escalations(case_id)[-1]
+    assert (latest.trigger, latest.from_unit, latest.to_unit, latest.status) == (
+        "overdue_completion", "haidian", None, "open")  # supervisors still see and resolve it
+    assert latest.decision == {"leader": rung.leader}
+    held = orders(case_id)[-1]
+    assert held.id == district_order.id and held.status in ("assigned", "accepted")  # the district keeps it
+    calendar = policies.calendar()
+    assert held.due_at == rung.due_within.after(at, calendar) and not held.due_lapsed  # the rung's own time
+    assert held.respond_by == rung.respond_within.after(at, calendar) and not held.respond_lapsed
+    assert [t.data["leader"] for t in timeline(case_id) if t.kind == "taken_over"] == [rung.leader]
+
+    clock.advance(days=30)
+    lapse(case_id)  # the 包案 time runs out too: the top of the ladder, supervisors only
+    assert len(escalations(case_id)) == 3 and escalations(case_id)[-1].decision in (None, {})
+    assert [t.kind for t in timeline(case_id)].count("taken_over") == 1
+    assert orders(case_id)[-1].id == district_order.id
+
+
+def test_without_the_rung_supervisors_alone_decide_above_the_district(district, clock):
+    edit(district, "escalation.yaml", lambda p: {k: v for k, v in p.items() if k != "take_over"})
+    case_id = new_case("illegal_parking")
+    clock.advance(days=30)
+    lapse(case_id)
+    clock.advance(days=30)
+    lapse(case_id)
+    assert case(case_id).taken_over_by is None
+    assert escalations(case_id)[-1].to_unit is None and "taken_over" not in [t.kind for t in timeline(case_id)]
+
+
+def test_a_supervisors_take_over_gets_the_rungs_allowed_time(district, clock):
+    from hotline.db import session_scope
+    from services import cases, policies
+    case_id = new_case("illegal_parking")
+    at = clock.advance(days=30)
+    lapse(case_id)
+    [escalation] = escalations(case_id)
+    with session_scope() as s:
+        cases.decide(session=s, escalation_id=escalation.id, action="take_over", reason="疑难案件",
+                     actor="supervisor", leader="区委副书记")
+    rung = policies.escalation_policy().take_over
+    assert case(case_id).taken_over_by == "区委副书记"
+    assert orders(case_id)[-1].due_at == rung.due_within.after(at, policies.calendar())
