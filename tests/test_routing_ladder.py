@@ -251,3 +251,81 @@ def test_a_supervisors_take_over_gets_the_rungs_allowed_time(district, clock):
     rung = policies.escalation_policy().take_over
     assert case(case_id).taken_over_by == "区委副书记"
     assert orders(case_id)[-1].due_at == rung.due_within.after(at, policies.calendar())
+
+
+# ---------------------------------------------------------------- a broken policy file: the last good one holds
+
+def _break_three(policy_dir) -> None:
+    edit(policy_dir, "sla.yaml", lambda p: p | {"urgency": p["urgency"] | {
+        "normal": {"respond_within": "soon", "due_within": "7wd"}}})
+    edit(policy_dir, "routing.yaml", lambda p: p | {"rules": [
+        {"name": "typo", "categories": ["sanitaton"], "unit": "haidian_st"}, *p["rules"]]})
+    edit(policy_dir, "escalation.yaml", lambda p: p | {"max_bounces": "two"})
+
+
+def test_a_broken_policy_file_keeps_its_last_good_version_in_force(district, clock, caplog):
+    from hotline.db import session_scope
+    from services import cases, policies
+    good_sla = policies.sla_policy()
+    new_case("heating")  # a good load of every file the case steps use
+    _break_three(district)
+
+    with caplog.at_level(logging.ERROR, logger="services.policies"):
+        case_id = new_case("gas")  # collect and dispatch still work, on the last good versions
+        [order] = orders(case_id)
+        assert order.unit == "gas_co"
+        sla = good_sla.for_case("normal", "gas")
+        assert order.respond_by == sla.respond_within.after(T0, policies.calendar())
+        assert policies.escalation_policy().max_bounces == 2
+        with session_scope() as s:  # the deadline watch's reminders
+            assert cases.send_reminders(s, T0 + timedelta(days=60)) == 4  # 50 % and 80 % of both orders
+        assert policies.sla_policy() == good_sla
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    for name, field in (("sla.yaml", "urgency.normal.respond_within"), ("routing.yaml", "unknown categories"),
+                        ("escalation.yaml", "max_bounces")):
+        matching = [e for e in errors if name in e and field in e and "last good" in e]
+        assert len(matching) == 1, (name, errors)  # logged once, not at every read
+
+    from api.main import create_app
+    with TestClient(create_app()) as api:
+        check = api.get("/api/policies/check", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert check["ok"] is False
+    for name, field in (("sla.yaml", "urgency.normal.respond_within"), ("routing.yaml", "['sanitaton']"),
+                        ("escalation.yaml", "max_bounces")):
+        assert any(name in p and field in p and "last good version stays in force" in p
+                   for p in check["problems"]), (name, check["problems"])
+
+
+def test_other_processes_fall_back_to_the_same_last_good_version(district):
+    """Each flow run has its own process: the last good version is kept in the data folder, not in memory."""
+    from services import policies
+    good = policies.sla_policy().urgency["normal"].respond_within
+    policies.escalation_policy()
+    _break_three(district)
+    probe = ("from services import policies; p = policies.sla_policy(); "
+             "print(p.urgency['normal'].respond_within, policies.escalation_policy().max_bounces)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT,
+                         env=os.environ | {"PYTHONPATH": str(REPO_ROOT)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(good), "2"]
+
+
+def test_a_fixed_file_applies_again(district):
+    from services import policies
+    policies.sla_policy()
+    edit(district, "sla.yaml", lambda p: p | {"reminders": [1.5]})
+    assert policies.sla_policy().reminders == [0.5, 0.8]
+    edit(district, "sla.yaml", lambda p: p | {"reminders": [0.25]})
+    assert policies.sla_policy().reminders == [0.25]
+
+
+def test_with_no_good_version_yet_a_broken_file_fails_loudly(db):
+    from services import policies
+    _break_three(db)  # before anything was loaded from this folder
+    with pytest.raises(policies.PolicyError) as err:
+        policies.sla_policy()
+    assert "sla.yaml" in str(err.value) and "urgency.normal.respond_within" in str(err.value)
+    with pytest.raises(policies.PolicyError, match=r"routing.yaml.*unknown categories \['sanitaton'\]"):
+        policies.routing_policy()
+    problems, _ = policies.check_all()
+    assert any("sla.yaml" in p and "no good version loaded yet" in p for p in problems), problems
