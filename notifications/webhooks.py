@@ -55,19 +55,14 @@ DELIVERED, RETRY, FAILED, GONE, DEAD_LETTER = "delivered", "retry", "failed", "g
 
 # ---------------------------------------------------------------- policy, backoff, classification
 
-_last_good: DeliveryPolicy | None = None
-
-
 def current_policy() -> DeliveryPolicy:
-    """The delivery policy file; if it is broken, the error is logged and the last good one (or the defaults)
-    applies — deliveries never stop because of a typo."""
-    global _last_good
+    """The delivery policy in force (a broken file leaves its last good version in force, `services.policies`);
+    with no good version yet, the error is logged and the defaults apply — deliveries never stop for a typo."""
     try:
-        _last_good = delivery_policy()
+        return delivery_policy()
     except PolicyError as exc:
-        log.error("delivery policy not applied, keeping the %s one: %s",
-                  "last good" if _last_good else "default", exc)
-    return _last_good or DeliveryPolicy()
+        log.error("delivery policy not applied, using the defaults: %s", exc)
+        return DeliveryPolicy()
 
 
 def backoff(attempts: int, policy: DeliveryPolicy | None = None, *, jitter: bool = False) -> timedelta:

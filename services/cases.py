@@ -330,7 +330,14 @@ def _on_deadline_lapsed(session: Session, case: Case, p: dict) -> None:
     parent = session.get(Unit, parent_code) if parent_code else None
     record(session, case, "deadline_lapsed", f"{wo.unit} {'响应' if p['which'] == 'respond' else '办结'}超时",
            work_order_id=wo.id, which=p["which"], unit=wo.unit)
-    if parent is None or not policies.escalation_policy().trigger(trigger).escalate_up:
+    ladder = policies.escalation_policy()
+    escalate_up = ladder.trigger(trigger).escalate_up
+    # above the district: 包案 by the leader the ladder names, with that rung's own allowed time
+    if parent is None and escalate_up and ladder.take_over and wo.role == "lead" and not case.taken_over_by:
+        _escalate(session, case, wo, trigger, to_unit=None, leader=ladder.take_over.leader)
+        _take_over(session, case, ladder.take_over.leader, reason=f"{wo.unit} 超时, 按升级规则包案")
+        return
+    if parent is None or not escalate_up:
         _escalate(session, case, wo, trigger, to_unit=None)  # top of the ladder: supervisors take it from here
         return
     wo.status, wo.updated_at = WorkOrderStatus.lapsed, now()
@@ -357,7 +364,7 @@ def _on_follow_up(session: Session, case: Case, p: dict) -> None:
         case.reopen_count = 1
         case.follow_up_attempts = 0  # the 重办 gets its own follow-up round
         move(session, case, CaseStatus.dispatched)
-        unit = session.get(Unit, case.lead_unit)
+        unit = _reopen_unit(session, case)
         record(session, case, "reopened", f"回访不满意或未解决, 重办: {unit.code}", unit=unit.code)
         _assign(session, case, unit, reason="reopen")
     else:  # the second failure, or the first one when the policy escalates at once: supervisors take it
@@ -563,6 +570,12 @@ def _first_unit(session: Session, *codes: str | None) -> Unit | None:
     return None
 
 
+def _reopen_unit(session: Session, case: Case) -> Unit:
+    """重办 goes back to the owner (首接负责: the first unit that accepted owns the case to the end); a case that
+    no unit accepted goes back to its lead unit."""
+    return _first_unit(session, case.owner_unit, case.lead_unit)
+
+
 def _has_entry(session: Session, case: Case, kind: str) -> bool:
     return session.exec(select(TimelineEntry.id).where(TimelineEntry.case_id == case.id,
                                                        TimelineEntry.kind == kind)).first() is not None
@@ -582,13 +595,15 @@ def lapsed_deadlines(session: Session, at: datetime, limit: int = 500) -> list[t
 
 
 def signal_lapse(session: Session, wo: WorkOrder, which: str) -> CaseSignal | None:
-    """Mark the order as lapsed for `which` deadline and leave a signal for its case (once)."""
+    """Mark the order as lapsed for `which` deadline and leave a signal for its case (once per deadline: one that
+    was moved since, by 延期 or 包案, can lapse again)."""
     if which == "respond":
-        wo.respond_lapsed = True
+        wo.respond_lapsed, deadline = True, wo.respond_by
     else:
-        wo.due_lapsed = True
+        wo.due_lapsed, deadline = True, wo.due_at
     session.add(wo)
-    return add_signal(session, wo.case_id, "deadline_lapsed", dedupe_key=f"lapse-{wo.id}-{which}",
+    return add_signal(session, wo.case_id, "deadline_lapsed",
+                      dedupe_key=f"lapse-{wo.id}-{which}-{int(deadline.timestamp())}",
                       work_order_id=wo.id, which=which)
 
 
@@ -712,9 +727,7 @@ def decide(*, session: Session, escalation_id: int, action: str, reason: str, ac
     elif action == "take_over":
         if not leader:
             raise Invalid("leader", "name the leader who takes the case over (包案)")
-        case.taken_over_by = leader
-        session.add(case)
-        record(session, case, "taken_over", f"包案: {leader}. {reason}", actor=actor, leader=leader)
+        _take_over(session, case, leader, reason=reason, actor=actor)
     elif action == "close":
         if case.status != CaseStatus.closed:
             signal = add_signal(session, case.id, "decision", action="close", reason=reason, actor=actor)
@@ -728,6 +741,26 @@ def decide(*, session: Session, escalation_id: int, action: str, reason: str, ac
     record(session, case, "escalation.decided", f"{action}: {reason}", actor=actor, escalation_id=escalation.id,
            action=action)
     return {"escalation_id": str(escalation.id), "action": action, "signal_id": signal.id if signal else None}
+
+
+def _take_over(session: Session, case: Case, leader: str, *, reason: str, actor: str = "system") -> None:
+    """包案: a named leader takes the case over; the open lead order gets the ladder's 包案 allowed time (if the
+    policy has that rung), so the deadline watch keeps timing it."""
+    case.taken_over_by = leader
+    session.add(case)
+    rung = policies.escalation_policy().take_over
+    current = _current_order_id(session, case)
+    wo = session.get(WorkOrder, current) if current else None
+    if rung is None or wo is None or wo.status not in OPEN_WORK_ORDER:
+        record(session, case, "taken_over", f"包案: {leader}. {reason}", actor=actor, leader=leader)
+        return
+    at, calendar = now(), policies.calendar()
+    if wo.responded_at is None:
+        wo.respond_by, wo.respond_lapsed = rung.respond_within.after(at, calendar), False
+    wo.due_at, wo.due_lapsed, wo.updated_at = rung.due_within.after(at, calendar), False, at
+    session.add(wo)
+    record(session, case, "taken_over", f"包案: {leader}. {reason}. 办结时限 {local(wo.due_at).isoformat()}",
+           actor=actor, leader=leader, work_order_id=wo.id, due_at=local(wo.due_at).isoformat())
 
 
 def _decide_extension(session: Session, case: Case, escalation: Escalation, *, reason: str, actor: str,

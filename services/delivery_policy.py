@@ -1,8 +1,8 @@
 """The webhook delivery policy (policies/delivery.yaml): backoff, dead letter, timeout, per-unit limits, and how long
 a rotated-out signing secret still signs.
 
-Loaded like the other policy files (`services.policies`): a mistake is reported with the file and the field.
-A missing file means the defaults below.
+Loaded like the other policy files (`services.policies`): a mistake is reported with the file and the field, and
+after a good load the last good version stays in force. A missing file means the defaults below.
 """
 from __future__ import annotations
 
@@ -103,4 +103,4 @@ def delivery_policy(policy_dir: Path | None = None) -> DeliveryPolicy:
     path = (policy_dir or get_settings().policy_dir) / "delivery.yaml"
     if not path.exists():
         return DeliveryPolicy()
-    return _load("delivery.yaml", DeliveryPolicy, policy_dir)
+    return _load("delivery.yaml", DeliveryPolicy, policy_dir, last_good=True)

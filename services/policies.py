@@ -1,7 +1,9 @@
 """Policy files (YAML in HOTLINE_POLICY_DIR) loaded into typed, validated models.
 
 A district edits the files; a mistake is reported with the file and the field, never half-applied. Files are read
-when used, so an edit applies to the next case without a restart.
+when used, so an edit applies to the next case without a restart. A broken edit after a good version was loaded
+is logged and the last good version stays in force (`GET /api/policies/check` reports the broken file); with no
+good version yet, PolicyError.
 
   categories.yaml  诉求分类                 routing.yaml     权责清单 (who handles what, where, when)
   sla.yaml         限时办结 by urgency × category, reminders, SLA-pause reasons, follow-up window
@@ -11,7 +13,13 @@ when used, so an edit applies to the next case without a restart.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -22,6 +30,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from hotline.settings import get_settings
 from services.calendar import Calendar
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|wd|wh)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -182,6 +192,13 @@ class LadderLevel(BaseModel):
     _spans = field_validator("respond_within", "due_within", mode="before")(lambda cls, v: _span(v))
 
 
+class TakeOverRung(LadderLevel):
+    """包案, the rung above the district: when the district's own order runs out of time, `leader` takes the case
+    over and the open order gets this rung's allowed time (a supervisor's take-over gets the same time)."""
+
+    leader: str = Field(min_length=1, max_length=100)
+
+
 class Trigger(BaseModel):
     escalate_up: bool = False  # also send a new order one level up (lapses); otherwise a record for supervisors
     notify: list[Literal["district", "street", "lead_unit"]] = Field(default_factory=list)
@@ -194,6 +211,7 @@ TRIGGERS = ("overdue_response", "overdue_completion", "bounced", "whistle_not_re
 class EscalationPolicy(BaseModel):
     levels: dict[Literal["community", "street", "department", "utility", "district"], LadderLevel] = Field(
         default_factory=dict)
+    take_over: TakeOverRung | None = None  # 包案; none: above the district, supervisors alone decide
     max_bounces: int = Field(default=2, ge=0)
     triggers: dict[str, Trigger] = Field(default_factory=dict)
 
@@ -218,54 +236,136 @@ class WhistlePolicy(BaseModel):
     _all = field_validator("report_within")(lambda cls, v: _require(v, ("daily", "tough", "emergency"), "whistle kinds"))
 
 
-def _load(name: str, model: type[BaseModel], policy_dir: Path | None = None, optional: bool = False):
-    path = (policy_dir or get_settings().policy_dir) / name
+# The last good version of each policy file is kept under <home>/policies-last-good/ (per policy folder): a
+# district's typo must not stop the cases or the deadline watch, and every process (the API, serve, each flow run's
+# own process) falls back to the same version.
+_strict: ContextVar[bool] = ContextVar("policies_strict", default=False)
+_seen: dict[Path, str] = {}  # last-good path -> the text this process last kept there, or "broken:<error>"
+
+
+def _read(path: Path, model: type[BaseModel], optional: bool) -> tuple[BaseModel, str]:
+    """The file parsed and validated, with its text ("" for an absent optional file); PolicyError naming file
+    and field."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         if optional:
-            return model()
+            return model(), ""
         raise PolicyError(f"{path}: file not found") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw), text
     except ValidationError as exc:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PolicyError(f"{path}: {errors}") from exc
 
 
+def _last_good_path(policy_dir: Path, name: str) -> Path:
+    folder = hashlib.sha256(str(policy_dir.resolve()).encode()).hexdigest()[:16]
+    return get_settings().home / "policies-last-good" / folder / name
+
+
+def _keep(policy_dir: Path, name: str, text: str) -> None:
+    """Remember `text` as the last good version of the file (written only when it changed)."""
+    path = _last_good_path(policy_dir, name)
+    if _seen.get(path) == text:
+        return
+    try:
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)  # atomic: another process never reads half a file
+    except OSError as exc:  # warned once; the file itself still applies
+        log.warning("could not keep the last good version of %s at %s: %s", name, path, exc)
+    _seen[path] = text
+
+
+def _last_good(policy_dir: Path, name: str, model: type[BaseModel]) -> BaseModel | None:
+    path = _last_good_path(policy_dir, name)
+    try:
+        return _read(path, model, optional=False)[0] if path.exists() else None
+    except PolicyError as exc:  # e.g. kept by an older version of the code
+        log.error("the last good version of %s no longer loads: %s", name, exc)
+        return None
+
+
+def _load(name: str, model: type[BaseModel], policy_dir: Path | None = None, optional: bool = False,
+          check: Callable[[BaseModel, Path], list[str]] | None = None, last_good: bool = False):
+    """The policy file `name` validated (`check`: cross-file checks, each problem naming its field); a broken
+    file raises PolicyError naming the file and the field.
+
+    With `last_good` (the files cases and the deadline watch run on), a broken file after a good version was
+    loaded is logged with the file and the field instead, and the last good version stays in force; with no good
+    version yet, or inside `strict()` (as `check_all`), PolicyError."""
+    directory = policy_dir or get_settings().policy_dir
+    try:
+        value, text = _read(directory / name, model, optional)
+        problems = check(value, directory) if check else []
+        if problems:
+            raise PolicyError(f"{directory / name}: " + "; ".join(problems))
+    except PolicyError as exc:
+        if not last_good:
+            raise
+        good = _last_good(directory, name, model)
+        if _strict.get():
+            note = "the last good version stays in force" if good else "no good version loaded yet"
+            raise PolicyError(f"{exc} ({note})") from exc
+        if good is None:
+            raise
+        kept, broken = _last_good_path(directory, name), f"broken:{exc}"
+        if _seen.get(kept) != broken:  # logged once per broken version, not at every read
+            log.error("policy file not applied, keeping its last good version: %s", exc)
+            _seen[kept] = broken
+        return good
+    if last_good:
+        _keep(directory, name, text)
+    return value
+
+
+@contextmanager
+def strict() -> Iterator[None]:
+    """Inside this block a broken policy file raises PolicyError even when a last good version exists."""
+    token = _strict.set(True)
+    try:
+        yield
+    finally:
+        _strict.reset(token)
+
+
 def categories(policy_dir: Path | None = None) -> dict[str, str]:
-    return _load("categories.yaml", CategoryPolicy, policy_dir).categories
+    return _load("categories.yaml", CategoryPolicy, policy_dir, last_good=True).categories
+
+
+def _sla_categories(policy: SlaPolicy, policy_dir: Path) -> list[str]:
+    unknown = set(policy.categories) - set(categories(policy_dir))
+    return [f"categories: unknown categories {sorted(unknown)}"] if unknown else []
 
 
 def sla_policy(policy_dir: Path | None = None) -> SlaPolicy:
-    policy = _load("sla.yaml", SlaPolicy, policy_dir)
-    unknown = set(policy.categories) - set(categories(policy_dir))
-    if unknown:
-        raise PolicyError(f"sla.yaml: categories: unknown categories {sorted(unknown)}")
-    return policy
+    return _load("sla.yaml", SlaPolicy, policy_dir, check=_sla_categories, last_good=True)
 
 
 def calendar(policy_dir: Path | None = None) -> Calendar:
-    return _load("calendar.yaml", CalendarPolicy, policy_dir, optional=True).calendar(get_settings().timezone)
+    policy = _load("calendar.yaml", CalendarPolicy, policy_dir, optional=True, last_good=True)
+    return policy.calendar(get_settings().timezone)
 
 
 def escalation_policy(policy_dir: Path | None = None) -> EscalationPolicy:
-    return _load("escalation.yaml", EscalationPolicy, policy_dir, optional=True)
+    return _load("escalation.yaml", EscalationPolicy, policy_dir, optional=True, last_good=True)
 
 
 def whistle_policy(policy_dir: Path | None = None) -> WhistlePolicy:
-    return _load("whistle.yaml", WhistlePolicy, policy_dir)
+    return _load("whistle.yaml", WhistlePolicy, policy_dir, last_good=True)
 
 
 def routing_policy(policy_dir: Path | None = None, units: set[str] | None = None) -> RoutingPolicy:
     """Load and validate the responsibility list; with `units`, every named unit must exist."""
-    policy = _load("routing.yaml", RoutingPolicy, policy_dir)
-    problems = routing_problems(policy, set(categories(policy_dir)), units)
-    if problems:
-        raise PolicyError("routing.yaml: " + "; ".join(problems))
-    return policy
+    return _load("routing.yaml", RoutingPolicy, policy_dir, last_good=True,
+                 check=lambda policy, d: routing_problems(policy, set(categories(d)), units))
 
 
 def routing_problems(policy: RoutingPolicy, known_categories: set[str], units: set[str] | None) -> list[str]:
@@ -307,16 +407,15 @@ def check_all(units: set[str] | None = None) -> tuple[list[str], list[str]]:
     from services.evaluation import evaluation_policy  # these build on this module
     from services.repeats import repeat_policy
 
-    for load in (categories, sla_policy, calendar, escalation_policy, whistle_policy, evaluation_policy,
-                 repeat_policy):
+    with strict():  # report a broken file even while its last good version is in force
+        for load in (categories, sla_policy, calendar, escalation_policy, whistle_policy, evaluation_policy,
+                     repeat_policy, lambda: routing_policy(units=units)):
+            try:
+                load()
+            except PolicyError as exc:
+                problems.append(str(exc))
         try:
-            load()
-        except PolicyError as exc:
-            problems.append(str(exc))
-    try:
-        routing = _load("routing.yaml", RoutingPolicy)
-        problems += [f"routing.yaml: {p}" for p in routing_problems(routing, set(categories()), units)]
-        warnings += [f"routing.yaml: {w}" for w in routing_overlaps(routing)]
-    except PolicyError as exc:
-        problems.append(str(exc))
+            warnings += [f"routing.yaml: {w}" for w in routing_overlaps(_load("routing.yaml", RoutingPolicy))]
+        except PolicyError:
+            pass  # reported above
     return problems, warnings

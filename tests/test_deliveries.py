@@ -169,7 +169,6 @@ def db(tmp_path: Path, monkeypatch) -> Iterator[Db]:
     _clear_caches()
     hotline_db.init_db()
     webhooks.reset_limits()
-    monkeypatch.setattr(webhooks, "_last_good", None)
     fixture = Db(policy_dir)
     fixture.policy(backoff={"base": "2s", "max": "1h", "jitter": 0.2}, request_timeout="3s",
                    per_unit={"max_concurrency": 2, "rate_per_second": 50})

@@ -15,6 +15,16 @@ from services.policies import PolicyError, RoutingPolicy, RoutingRule, Span, par
 from services.routing import Place, Route, route
 
 
+@pytest.fixture(autouse=True)
+def _data_folder(tmp_path, monkeypatch):
+    """The last good version of each policy file is kept in the data folder: a temporary one here."""
+    from tests.conftest import clear_caches
+    monkeypatch.setenv("HOTLINE_HOME", str(tmp_path / "home"))
+    clear_caches()
+    yield
+    clear_caches()
+
+
 @pytest.mark.parametrize("text, expected", [
     ("30s", timedelta(seconds=30)), ("15m", timedelta(minutes=15)), ("24h", timedelta(hours=24)),
     ("7d", timedelta(days=7)), ("1.5h", timedelta(minutes=90)), (45, timedelta(seconds=45)),
