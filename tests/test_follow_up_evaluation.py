@@ -270,7 +270,8 @@ def test_first_failure_policy_is_validated(district):
     sla = yaml.safe_load((district / "sla.yaml").read_text(encoding="utf-8"))
     sla["follow_up"]["first_failure"] = "ignore"
     (district / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
-    with pytest.raises(policies.PolicyError, match=r"sla\.yaml: follow_up\.first_failure"):
+    assert policies.sla_policy().follow_up.first_failure == "reopen"  # the last good version stays in force
+    with policies.strict(), pytest.raises(policies.PolicyError, match=r"sla\.yaml: follow_up\.first_failure"):
         policies.sla_policy()
 
 
