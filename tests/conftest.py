@@ -237,6 +237,26 @@ def env(request) -> Iterator[Env]:
 
 # ---------------------------------------------------------------- fast tests: a temporary DB, no stack
 
+def receive_and_dispatch(**fields) -> int:
+    """Drive a case's first steps as its flow does, without a stack: 受理 (record), 采集 (collect), 派单 (dispatch).
+    `fields` are Case columns over a hotline case in community c1; returns the case id."""
+    from hotline.clock import now
+    from hotline.db import session_scope
+    from services import cases
+    fields = {"source": "hotline", "source_ref": f"t-{uuid.uuid4().hex[:12]}", "category": "street_lights",
+              "description": "d", "urgency": "normal", "location": {"community": "c1"}, "anonymous": False,
+              "citizen_name": "陈阿姨", "citizen_phone": "13912345678", "reported_at": now()} | fields
+    if fields["anonymous"]:
+        fields.pop("citizen_name"), fields.pop("citizen_phone")
+    with session_scope() as s:
+        case, _ = cases.create_case(session=s, fields=fields)
+        case_id = case.id
+    for step in (cases.collect, cases.dispatch):
+        with session_scope() as s:
+            step(s, case_id)
+    return case_id
+
+
 def clear_caches() -> None:
     """Forget cached settings, engine and secrets (after the environment changed)."""
     from hotline.db import get_engine

@@ -3,13 +3,13 @@ the case flow does it (record → settle → close): what counts as a response, 
 follow-up, anonymous requests, a 重办 not reached, and the month's rates rebuilt from the timeline alone."""
 from __future__ import annotations
 
-import itertools
 from datetime import timedelta
 
 import pytest
 import yaml
 
-_ref = itertools.count(1)
+from tests.conftest import receive_and_dispatch
+
 # the test's responsibility list (the temporary copy of routing.yaml; the shipped one is not touched)
 ROUTING = {"on_reject": "street", "rules": [
     {"name": "路灯 → 社区", "categories": ["street_lights"], "unit": "{community}"},
@@ -35,20 +35,7 @@ def district(db):
 
 def submit(category="street_lights", anonymous=False) -> int:
     """受理, 采集, 派单; returns the case id."""
-    from hotline.clock import now
-    from hotline.db import session_scope
-    from services import cases
-    fields = {"source": "hotline", "source_ref": f"fe-{next(_ref)}", "category": category, "description": "d",
-              "location": {"community": "c1"}, "anonymous": anonymous, "reported_at": now(),
-              **({} if anonymous else {"citizen_name": "陈阿姨", "citizen_phone": "13912345678"})}
-    with session_scope() as s:
-        case, _ = cases.create_case(session=s, fields=fields)
-        case_id = case.id
-    with session_scope() as s:
-        cases.collect(s, case_id)
-    with session_scope() as s:
-        cases.dispatch(s, case_id)
-    return case_id
+    return receive_and_dispatch(category=category, anonymous=anonymous)
 
 
 def advance(case_id: int) -> None:

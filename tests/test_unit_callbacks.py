@@ -7,7 +7,6 @@ does not run, so the signals a unit's answer leaves stay pending and can be coun
 from __future__ import annotations
 
 import asyncio
-import itertools
 from datetime import datetime, timedelta
 
 import pytest
@@ -15,10 +14,9 @@ import yaml
 
 from hotline.clock import now
 from hotline.runtime import free_port
-from tests.conftest import FAST_ADMIN_TOKEN
+from tests.conftest import FAST_ADMIN_TOKEN, receive_and_dispatch
 
 ADMIN = {"Authorization": f"Bearer {FAST_ADMIN_TOKEN}"}
-_ref = itertools.count(1)
 
 
 @pytest.fixture
@@ -56,17 +54,7 @@ def open_case() -> tuple[int, int]:
 
     from hotline.db import session_scope
     from models import WorkOrder
-    from services import cases
-    fields = {"source": "hotline", "source_ref": f"cb-{next(_ref)}", "category": "noise", "description": "楼下施工",
-              "urgency": "normal", "location": {"community": "c1"}, "citizen_name": "陈阿姨",
-              "citizen_phone": "13912345678", "anonymous": False, "reported_at": now()}
-    with session_scope() as s:
-        case, _ = cases.create_case(session=s, fields=fields)
-        case_id = case.id
-    with session_scope() as s:
-        cases.collect(s, case_id)
-    with session_scope() as s:
-        cases.dispatch(s, case_id)
+    case_id = receive_and_dispatch(category="noise", description="楼下施工")
     with session_scope() as s:
         [wo] = s.exec(select(WorkOrder).where(WorkOrder.case_id == case_id)).all()
         assert wo.unit == "st_a"
