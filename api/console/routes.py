@@ -65,6 +65,17 @@ def _names(session) -> dict:
             "staff_names": {str(s.id): s.name for s in session.exec(select(Staff))}}
 
 
+def _posting_user(request: Request, csrf: str) -> tuple[sessions.ConsoleUser | None, Response | None]:
+    """The logged-in user of a form post, or the answer that refuses the post (not logged in: to the login page;
+    no or a wrong CSRF token: 403)."""
+    user = _user(request)
+    if user is None:
+        return None, _login_redirect()
+    if not sessions.csrf_ok(user, csrf):
+        return user, _forbidden(request, user, CSRF_REFUSED)
+    return user, None
+
+
 def _forbidden(request: Request, user, message: str) -> HTMLResponse:
     return _page(request, "error.html", user, status_code=403, message=message)
 
@@ -106,11 +117,9 @@ async def login(request: Request, token: str = Form(""), csrf: str = Form("")):
 
 @router.post("/logout")
 async def logout(request: Request, csrf: str = Form("")):
-    user = _user(request)
-    if user is None:
-        return _login_redirect()
-    if not sessions.csrf_ok(user, csrf):
-        return _forbidden(request, user, CSRF_REFUSED)
+    user, refused = _posting_user(request, csrf)
+    if refused is not None:
+        return refused
     response = _login_redirect()
     response.delete_cookie(sessions.COOKIE, path="/console")
     return response
@@ -202,11 +211,9 @@ async def _render_case(request: Request, user, case_id: int, done: str | None = 
 async def decide(request: Request, escalation_id: int, csrf: str = Form(""), action: str = Form(""),
                  reason: str = Form(""), unit: str = Form(""), until: str = Form(""), leader: str = Form(""),
                  approve: str = Form("yes")):
-    user = _user(request)
-    if user is None:
-        return _login_redirect()
-    if not sessions.csrf_ok(user, csrf):
-        return _forbidden(request, user, CSRF_REFUSED)
+    user, refused = _posting_user(request, csrf)
+    if refused is not None:
+        return refused
 
     def case_of() -> int | None:
         with read_scope() as session:
@@ -302,11 +309,9 @@ async def _render_ops(request: Request, user, resent: int | None = None, resolve
 @router.post("/deliveries/{delivery_id}/resend")
 async def resend(request: Request, delivery_id: int, csrf: str = Form("")):
     """Put a dead-letter or refused delivery back to pending (same webhook-id); the next watch round sends it."""
-    user = _user(request)
-    if user is None:
-        return _login_redirect()
-    if not sessions.csrf_ok(user, csrf):
-        return _forbidden(request, user, CSRF_REFUSED)
+    user, refused = _posting_user(request, csrf)
+    if refused is not None:
+        return refused
     if not _may_resend(user):
         return _forbidden(request, user, "只有督办人员或管理员可以重发推送。")
 
@@ -326,11 +331,9 @@ async def resend(request: Request, delivery_id: int, csrf: str = Form("")):
 
 @router.post("/alerts/{alert_id}/resolve")
 async def resolve(request: Request, alert_id: int, csrf: str = Form("")):
-    user = _user(request)
-    if user is None:
-        return _login_redirect()
-    if not sessions.csrf_ok(user, csrf):
-        return _forbidden(request, user, CSRF_REFUSED)
+    user, refused = _posting_user(request, csrf)
+    if refused is not None:
+        return refused
     if not _may_resolve(user):
         return _forbidden(request, user, "只有管理员可以关闭运维告警。")
     try:
