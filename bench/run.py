@@ -89,7 +89,13 @@ class Bench:
         (policy_dir / "escalation.yaml").write_text(yaml.safe_dump(esc, allow_unicode=True), encoding="utf-8")
         self.cleanup = lambda: None
         db_url = prefect_url = None
-        if args.postgres:
+        if args.topology == "scaled":
+            from hotline.topology import scaled
+            args.postgres, args.executor = True, "inprocess"
+            self.stack, dbs = scaled(self.home, policy_dir=policy_dir, watch_interval_seconds=2,
+                                     api_port=free_port(), prefect_port=free_port())
+            self.cleanup, self.db_url = dbs.drop, dbs.ours
+        elif args.postgres:
             import psycopg
             schema, pdb = f"hotline_bench_{uuid.uuid4().hex[:8]}", f"prefect_bench_{uuid.uuid4().hex[:8]}"
             with psycopg.connect(POSTGRES, autocommit=True) as conn:
@@ -103,10 +109,11 @@ class Bench:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
                     conn.execute(f'DROP DATABASE IF EXISTS "{pdb}" WITH (FORCE)')
             self.cleanup = cleanup
-        self.db_url = db_url or f"sqlite:///{self.home / 'hotline.db'}"
-        self.stack = Stack(home=self.home, api_port=free_port(), prefect_port=free_port(), database_url=db_url,
-                           prefect_database_url=prefect_url, policy_dir=policy_dir, watch_interval_seconds=2,
-                           executor=args.executor, quiet=True)
+        if args.topology != "scaled":
+            self.db_url = db_url or f"sqlite:///{self.home / 'hotline.db'}"
+            self.stack = Stack(home=self.home, api_port=free_port(), prefect_port=free_port(), database_url=db_url,
+                               prefect_database_url=prefect_url, policy_dir=policy_dir, watch_interval_seconds=2,
+                               executor=args.executor, quiet=True)
         self.receiver = Receiver(port=free_port())
         self.figures: list[Figure] = []
         self.notes: list[str] = []
@@ -136,8 +143,7 @@ class Bench:
             return conn.execute(text(sql), params).scalar_one()
 
     def procs(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.stack.procs.items()
-                if name in ("prefect-server", "serve", "executor", "api")}
+        return {name: p.pid for name, p in self.stack.procs.items() if not name.startswith("bench-")}
 
     def cpu(self) -> dict[str, float]:
         out = {name: cpu_seconds(pid) for name, pid in self.procs().items()}
@@ -382,12 +388,16 @@ class Bench:
             "",
             f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:,} MB RAM; Python {platform.python_version()}; "
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+            ("- Topology: **scaled** (hotline/topology.py) — two Prefect API servers and a separate services "
+             "process on Postgres with Redis messaging, two in-process executors (one per Prefect server), our API "
+             "as two uvicorn workers, our DB on Postgres; deadline watch every 2 s; webhooks to a local receiver "
+             "that answers the bench's cases at once." if a.topology == "scaled" else
             f"- Topology: Prefect server ({'Postgres' if a.postgres else 'SQLite'}), "
             + ("the in-process executor (one event loop, flows/executor.py)" if a.executor == "inprocess"
                else "`serve` (a subprocess per flow run)")
             + ", one API process (uvicorn); our DB on "
             f"{'Postgres' if a.postgres else 'SQLite'}; deadline watch every 2 s; webhooks to a local receiver "
-            f"that answers the bench's cases at once.",
+            f"that answers the bench's cases at once."),
             f"- Sizes: {a.baseline_runs} baseline runs, {a.lifecycles} lifecycles, burst {a.burst}, "
             f"{a.latency_cases} latency cases, {a.open_cases:,} extra open cases, {a.escalation_cases} escalations.",
             "",
@@ -411,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--postgres", action="store_true", help="our DB and Prefect's on Postgres")
     p.add_argument("--executor", choices=("serve", "inprocess"), default="serve",
                    help="what runs the case flows: serve (a process per run) or the in-process executor")
+    p.add_argument("--topology", choices=("embedded", "scaled"), default="embedded",
+                   help="embedded: the default stack; scaled: hotline/topology.py (Prefect on Postgres with "
+                        "separate services and Redis, two executors, two API workers)")
     p.add_argument("--baseline-runs", type=int, default=30)
     p.add_argument("--lifecycles", type=int, default=10_000)
     p.add_argument("--burst", type=int, default=10_000)

@@ -75,6 +75,31 @@ def run_demo(home: Path = typer.Option(None, help="data folder (default ./.hotli
     _hold(stack)
 
 
+@app.command("scaled")
+def run_scaled(home: Path = typer.Option(None, help="data folder for logs (default ./.hotline-scaled)"),
+               executors: int = 2, api_workers: int = 2, prefect_servers: int = 2,
+               redis_url: str = typer.Option("redis://127.0.0.1:6379/0", help="Redis for Prefect's messaging"),
+               api_port: int = 8000, prefect_port: int = 4200) -> None:
+    """The scaled shape on this machine (hotline/topology.py): Prefect on Postgres with separate services and
+    Redis, several executors and API workers. Fresh databases on the local Postgres, dropped on exit."""
+    from hotline.topology import scaled
+
+    home = (home or get_settings().home.with_name(".hotline-scaled")).resolve()
+    stack, dbs = scaled(home, executors=executors, api_workers=api_workers, prefect_servers=prefect_servers,
+                        redis_url=redis_url, api_port=api_port, prefect_port=prefect_port)
+    typer.echo(f"starting the scaled shape in {home}: {prefect_servers} Prefect servers + services, "
+               f"{executors} executors, {api_workers} API workers …")
+    try:
+        stack.start()
+        typer.echo(f"API:        {stack.api_url}")
+        typer.echo(f"Prefect:    " + ", ".join(f"http://127.0.0.1:{p}" for p in stack.prefect_ports))
+        typer.echo(f"admin token: {admin_token(home)}")
+        _hold(stack)
+    finally:
+        stack.stop()
+        dbs.drop()
+
+
 def _use_home(home: Path | None) -> None:
     """Work on the database of that data folder (unless HOTLINE_DATABASE_URL names another)."""
     if home is None:
