@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -77,3 +78,36 @@ AnyStaff = Annotated[str, Depends(staff_with())]
 FollowUpStaff = Annotated[str, Depends(staff_with(StaffRole.follow_up, StaffRole.supervisor))]
 Supervisor = Annotated[str, Depends(staff_with(StaffRole.supervisor))]
 Dispatcher = Annotated[str, Depends(staff_with(StaffRole.supervisor, StaffRole.dispatcher))]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: `name` for the timeline (admin, staff:<id>:<role>, or a unit code) and the unit of a unit token."""
+
+    name: str
+    unit: Unit | None = None
+
+
+def staff_or_unit(*roles: StaffRole):
+    """Admin, staff holding one of `roles`, or any unit by its token (the route decides what a unit may do)."""
+    async def dependency(token: Token) -> Actor:
+        if is_admin(token):
+            return Actor("admin")
+
+        def lookup() -> tuple[Staff | None, Unit | None]:
+            with read_scope() as session:
+                staff = registry.staff_by_token(session, token)
+                return staff, (None if staff else registry.unit_by_token(session, token))
+        staff, unit = await run_in_threadpool(lookup)
+        if staff is not None:
+            if roles and staff.role not in roles:
+                raise HTTPException(403, f"role {staff.role} may not do this")
+            return Actor(f"staff:{staff.id}:{staff.role}")
+        if unit is not None:
+            return Actor(unit.code, unit)
+        raise HTTPException(401, "unknown token")
+    return dependency
+
+
+SupervisorOrUnit = Annotated[Actor, Depends(staff_or_unit(StaffRole.supervisor))]
+StaffOrUnit = Annotated[Actor, Depends(staff_or_unit())]

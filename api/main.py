@@ -7,8 +7,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.console import deliberations as console_deliberations
 from api.console import routes as console_routes
-from api.routes import cases, deliveries, escalations, follow_ups, metrics, open311, units, whistles, work_orders
+from api.routes import (
+    cases, deliberations, deliveries, escalations, follow_ups, metrics, open311, units, whistles, work_orders,
+)
 from sqlmodel import select
 
 from hotline.db import init_db, read_scope
@@ -29,10 +32,12 @@ def _field(loc: tuple) -> str:
 def create_app() -> FastAPI:
     app = FastAPI(title="12345 hotline (接诉即办)", version="0.1.0",
                   description="Cases from intake to close, each a durable Prefect flow run.")
-    routers = (cases, work_orders, units, escalations, whistles, follow_ups, open311, deliveries, metrics)
+    routers = (cases, work_orders, units, escalations, whistles, follow_ups, open311, deliveries, metrics,
+               deliberations)
     for module in routers:
         app.include_router(module.router)
     app.include_router(console_routes.router)  # the supervisor console (server-rendered pages)
+    app.include_router(console_deliberations.router)
 
     @app.on_event("startup")
     def _startup() -> None:

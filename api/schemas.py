@@ -170,3 +170,97 @@ class Rating(Strict):
 
 class WhistleRatings(Strict):
     ratings: list[Rating] = Field(min_length=1)
+
+
+# ---------------------------------------------------------------- deliberations (大家商量着办, docs/deliberations.md)
+
+def _aware(v: datetime | None) -> datetime | None:
+    if v is not None and v.tzinfo is None:
+        raise ValueError("must carry a UTC offset, e.g. 2026-11-23T19:00:00+08:00")
+    return v
+
+
+class DeliberationCreate(Strict):
+    """A topic (确定议题): from scratch, or by converting cases (`case_ids`, supervisors only)."""
+
+    topic_type: str = Field(min_length=1, max_length=32)
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=10000)
+    location: Location = Field(default_factory=Location)
+    case_ids: list[int] = Field(default_factory=list, max_length=100)
+
+
+class ParticipantIn(Strict):
+    type: str = Field(min_length=1, max_length=32)
+    unit: str | None = Field(default=None, max_length=64)
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    contact: str | None = Field(default=None, max_length=100)
+
+
+class Invitations(Strict):
+    participants: list[ParticipantIn] = Field(min_length=1, max_length=200)
+
+
+class Rsvp(Strict):
+    answer: Literal["accepted", "declined"]
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class Opinion(Strict):
+    by: str | None = Field(default=None, max_length=100)  # e.g. "3号楼居民", a participant's name
+    text: str = Field(min_length=1, max_length=5000)
+
+
+class Votes(Strict):
+    for_: int = Field(ge=0, alias="for")
+    against: int = Field(ge=0)
+    abstain: int = Field(default=0, ge=0)
+
+
+class DecisionItemIn(Strict):
+    unit: str = Field(min_length=1, max_length=64)
+    description: str = Field(min_length=1, max_length=5000)
+    urgency: Literal["normal", "urgent", "emergency"] | None = None
+
+
+class SessionDecision(Strict):
+    method: Literal["vote", "consensus"]
+    votes: Votes | None = None
+    option: str | None = Field(default=None, max_length=500)
+    summary: str | None = Field(default=None, max_length=5000)
+    items: list[DecisionItemIn] = Field(default_factory=list, max_length=50)
+
+    def as_record(self) -> dict:
+        out = self.model_dump(exclude={"votes"})
+        if self.votes is not None:
+            out["votes"] = {"for": self.votes.for_, "against": self.votes.against, "abstain": self.votes.abstain}
+        return out
+
+
+class SessionIn(Strict):
+    kind: Literal["meeting", "talk", "one_on_one", "online"]
+    held_at: datetime
+    place: str | None = Field(default=None, max_length=200)
+    attendance: list[int] = Field(default_factory=list, max_length=500)  # participant ids present
+    residents_present: int = Field(default=0, ge=0)
+    minutes: str | None = Field(default=None, max_length=50000)
+    opinions: list[Opinion] = Field(default_factory=list, max_length=1000)
+    options: list[str] = Field(default_factory=list, max_length=50)
+    decision: SessionDecision | None = None
+
+    _held_at = field_validator("held_at")(lambda cls, v: _aware(v))
+
+
+class PublicityIn(Strict):
+    stage: Literal["topic", "decision", "result"]
+    content: str = Field(min_length=1, max_length=10000)
+    place: str = Field(min_length=1, max_length=200)
+    published_at: datetime | None = None
+
+    _published_at = field_validator("published_at")(lambda cls, v: _aware(v))
+
+
+class ResidentEvaluationIn(Strict):
+    satisfaction: Literal["satisfied", "basically_satisfied", "unsatisfied"]
+    resident: str | None = Field(default=None, max_length=100)
+    comment: str | None = Field(default=None, max_length=5000)

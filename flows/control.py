@@ -12,13 +12,14 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import NotPausedError, resume_flow_run
 
 from hotline.db import session_scope
-from models import Case
+from models import Case, Deliberation
 from services.run_view import RunView, run_tags
 
 log = logging.getLogger(__name__)
 
 CASE_DEPLOYMENT = "case/hotline"
 WATCH_DEPLOYMENT = "deadline-watch/hotline"
+DELIBERATION_DEPLOYMENT = "deliberation/hotline"
 
 
 async def start_case_flow(case: Case) -> str:
@@ -40,8 +41,28 @@ async def start_case_flow(case: Case) -> str:
     return str(flow_run.id)
 
 
+async def start_deliberation_flow(deliberation: Deliberation, tags: list[str]) -> str:
+    """Create the deliberation's flow run (one per deliberation, by idempotency key), named by its number."""
+    flow_run = await run_deployment(
+        DELIBERATION_DEPLOYMENT,
+        parameters={"deliberation_id": deliberation.id},
+        flow_run_name=deliberation.number,
+        tags=tags,
+        idempotency_key=f"deliberation-{deliberation.id}",
+        timeout=0,
+        as_subflow=False,
+    )
+    with session_scope() as session:
+        stored = session.get(Deliberation, deliberation.id)
+        if stored.flow_run_id is None:
+            stored.flow_run_id = str(flow_run.id)
+            session.add(stored)
+    return str(flow_run.id)
+
+
 async def wake(flow_run_id: str | None, kind: str, signal_id: int | None = None) -> bool:
-    """Resume a waiting case run with a typed input. False when it is not waiting (it will see the signal anyway)."""
+    """Resume a waiting case (or deliberation) run with a typed input. False when it is not waiting (it will see
+    the signal anyway)."""
     if not flow_run_id:
         return False
     try:

@@ -4,7 +4,8 @@ Deadlines are not suspend timeouts (a suspend timeout fails the run); instead th
 writes a "deadline lapsed" signal for each lapsed order or follow-up window, and resumes those cases; summoned
 units that missed their whistle report are escalated; reminders go out at the policy's fractions. It also
 wakes any case whose signal could not wake it, starts runs for cases recorded while Prefect was unreachable,
-and retries webhook deliveries that are due.
+and retries webhook deliveries that are due. For deliberations (大家商量着办) it signals those whose item cases are
+all closed, wakes those with pending signals and starts the runs of those recorded while Prefect was unreachable.
 """
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlmodel import select
 
-from flows.control import start_case_flow, wake
+from flows.control import start_case_flow, start_deliberation_flow, wake
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
 from models import Case, CaseSignal
 from models.states import CaseStatus
 from notifications.webhooks import deliver_due
-from services import cases, whistles
+from services import cases, deliberations, whistles
 
 STARTUP_GRACE_SECONDS = 15
 
@@ -84,6 +85,29 @@ async def start_unstarted() -> int:
     return started
 
 
+def _deliberations_to_move() -> tuple[int, list[tuple[str, int]], list]:
+    with session_scope() as session:
+        done = len(deliberations.signal_items_done(session))
+    with read_scope() as session:
+        waiting = deliberations.waiting_runs(session)
+        unstarted = [(d, deliberations.run_tags(d)) for d in deliberations.unstarted(
+            session, now() - timedelta(seconds=STARTUP_GRACE_SECONDS))]
+    return done, waiting, unstarted
+
+
+@task(name="move-deliberations", cache_policy=NO_CACHE)
+async def move_deliberations() -> dict[str, int]:
+    """Deliberations whose items are all closed are told so; runs with pending signals are woken; unstarted ones
+    are started."""
+    done, waiting, unstarted = await asyncio.to_thread(_deliberations_to_move)
+    woken = 0
+    for run_id, signal_id in waiting:
+        woken += await wake(run_id, "signal_pending", signal_id)
+    for deliberation, tags in unstarted:
+        await start_deliberation_flow(deliberation, tags)
+    return {"items_done": done, "woken": woken, "started": len(unstarted)}
+
+
 @task(name="retry-deliveries", cache_policy=NO_CACHE)
 async def retry_deliveries() -> dict[str, int]:
     return await deliver_due()
@@ -95,6 +119,7 @@ async def deadline_watch() -> dict:
         "lapsed": await find_lapsed(),
         "woken": await wake_cases(),
         "started": await start_unstarted(),
+        "deliberations": await move_deliberations(),
         "deliveries": await retry_deliveries(),
     }
     get_run_logger().info("deadline watch: %s", summary)

@@ -47,6 +47,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from flows.case_flow import case_lifecycle
+from flows.deliberation_flow import deliberation_process
 from flows.serve import deployment_options
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
@@ -55,7 +56,7 @@ from models import ExecutorBeat
 
 log = logging.getLogger("hotline.executor")
 
-REPLAYABLE = {case_lifecycle.name}
+REPLAYABLE = {case_lifecycle.name, deliberation_process.name}
 REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)  # flows whose runs may simply run again from the top after a crash
 
 

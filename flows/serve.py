@@ -12,18 +12,23 @@ from prefect.schedules import Cron
 
 from flows.case_flow import case_lifecycle
 from flows.deadline_watch import deadline_watch
+from flows.deliberation_flow import deliberation_process
 from flows.monthly_report import monthly_report
 from hotline.settings import get_settings
 
 
 def deployment_options() -> list[tuple[Flow, dict[str, Any]]]:
-    """The case flow, the deadline watch and the monthly report, with the options the embedded default deploys
+    """The case flow, the deliberation flow, the deadline watch and the monthly report, with the options the embedded default deploys
     them with (`Flow.to_deployment` here, `Flow.ato_deployment` in the in-process executor)."""
     settings = get_settings()
     return [
         (case_lifecycle, dict(
             name="hotline", tags=["hotline", "case"],
             description="One run per citizen request; started by the API with the case id only.",
+        )),
+        (deliberation_process, dict(
+            name="hotline", tags=["hotline", "deliberation"],
+            description="One run per deliberation (大家商量着办); started by the API with the deliberation id only.",
         )),
         (deadline_watch, dict(
             name="hotline", tags=["hotline", "watch"], interval=settings.watch_interval_seconds,

@@ -1,6 +1,10 @@
 """SQLModel tables: the record of truth. Importing this package registers every table."""
 from models.alerts import OpsAlert
 from models.cases import Case, TimelineEntry
+from models.deliberations import (
+    DecisionItem, Deliberation, DeliberationCase, DeliberationEntry, DeliberationSession, DeliberationSignal,
+    Participant, Publicity, ResidentEvaluation,
+)
 from models.deliveries import Delivery, DeliveryAttempt
 from models.escalations import Escalation
 from models.executors import ExecutorBeat
@@ -13,5 +17,6 @@ from models.work_orders import WorkOrder
 
 __all__ = [
     "Case", "CaseLink", "TimelineEntry", "Delivery", "DeliveryAttempt", "OpsAlert", "Escalation", "ExecutorBeat", "CaseSignal",
-    "CaseStatus", "WorkOrderStatus", "Staff", "Summons", "Unit", "Whistle", "WorkOrder",
+    "CaseStatus", "WorkOrderStatus", "DecisionItem", "Deliberation", "DeliberationCase", "DeliberationEntry",
+    "DeliberationSession", "DeliberationSignal", "Participant", "Publicity", "ResidentEvaluation", "Staff", "Summons", "Unit", "Whistle", "WorkOrder",
 ]

@@ -34,6 +34,9 @@ class Case(SQLModel, table=True):
     community: str | None = Field(default=None, max_length=64)
     status: CaseStatus = Field(default=CaseStatus.received, index=True)
     flow_run_id: str | None = Field(default=None, max_length=64)
+    # 指定承办: the unit a caller already decided at intake (a deliberation's decision item names its unit);
+    # dispatch sends the first order there instead of asking the responsibility list
+    directed_unit: str | None = Field(default=None, max_length=64)
     lead_unit: str | None = Field(default=None, max_length=64)
     owner_unit: str | None = Field(default=None, max_length=64)  # 首接负责: the first lead unit that accepted
     taken_over_by: str | None = None  # 包案: the leader who took the case over

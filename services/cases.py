@@ -141,11 +141,21 @@ def collect(session: Session, case_id: int) -> Case:
 
 
 def dispatch(session: Session, case_id: int) -> Case:
-    """派单: the responsibility list picks the lead (and co-handling) units; no rule -> 直派 to the street."""
+    """派单: the responsibility list picks the lead (and co-handling) units; no rule -> 直派 to the street.
+    A case recorded with a `directed_unit` (指定承办) goes to that unit when it exists."""
     case = lock_case(session, case_id)
     if case.status != CaseStatus.received:
         return case
     move(session, case, CaseStatus.dispatched)
+    directed = session.get(Unit, case.directed_unit) if case.directed_unit else None
+    if directed is not None:
+        record(session, case, "routed", f"指定承办: {directed.name}", rule="指定承办", unit=directed.code,
+               co_units=[])
+        _assign(session, case, directed, reason="directed")
+        return case
+    if case.directed_unit:
+        record(session, case, "route_unit_unknown", f"指定的单位 {case.directed_unit} 不存在, 按权责清单派单",
+               rule="指定承办", unit=case.directed_unit)
     _route_and_assign(session, case)
     return case
 

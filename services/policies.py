@@ -10,6 +10,7 @@ good version yet, PolicyError.
   calendar.yaml    office hours, holiday / make-up workday overrides
   escalation.yaml  the ladder: allowed time per level, triggers, bounce limit, who is notified
   whistle.yaml     吹哨报到: report deadline per whistle kind
+  deliberation.yaml 大家商量着办: topic types, participant types, who must take part, how items are carried out
 """
 from __future__ import annotations
 
@@ -236,6 +237,46 @@ class WhistlePolicy(BaseModel):
     _all = field_validator("report_within")(lambda cls, v: _require(v, ("daily", "tough", "emergency"), "whistle kinds"))
 
 
+class ParticipantType(BaseModel):
+    name: str = Field(min_length=1, max_length=50)
+    unit: bool = False  # a registered unit (invited by webhook, answers with its token); otherwise a person
+
+
+class DeliberationItems(BaseModel):
+    """How a decision item is carried out: as a case of this category and urgency, whose deadlines are the
+    sla.yaml entries for them (the same 限时办结 table as every work order)."""
+
+    category: str = Field(min_length=1)
+    urgency: Literal["normal", "urgent", "emergency"] = "normal"
+
+
+class DeliberationPolicy(BaseModel):
+    topic_types: dict[str, str]
+    participant_types: dict[str, ParticipantType]
+    required: dict[str, list[str]] = Field(default_factory=dict)  # topic type (or `default`) -> participant types
+    items: DeliberationItems
+
+    @model_validator(mode="after")
+    def _known(self):
+        for topic, types in self.required.items():
+            if topic != "default" and topic not in self.topic_types:
+                raise ValueError(f"required.{topic}: not a topic type; known: {sorted(self.topic_types)}")
+            unknown = [t for t in types if t not in self.participant_types]
+            if unknown:
+                raise ValueError(f"required.{topic}: unknown participant types {unknown}; "
+                                 f"known: {sorted(self.participant_types)}")
+        return self
+
+    def required_for(self, topic_type: str) -> list[str]:
+        return self.required.get(topic_type, self.required.get("default", []))
+
+
+def _item_category(policy: DeliberationPolicy, policy_dir: Path) -> list[str]:
+    known = categories(policy_dir)
+    return [] if policy.items.category in known else [
+        f"items.category: unknown category {policy.items.category!r} (categories.yaml)"]
+
+
 # The last good version of each policy file is kept under <home>/policies-last-good/ (per policy folder): a
 # district's typo must not stop the cases or the deadline watch, and every process (the API, serve, each flow run's
 # own process) falls back to the same version.
@@ -362,6 +403,10 @@ def whistle_policy(policy_dir: Path | None = None) -> WhistlePolicy:
     return _load("whistle.yaml", WhistlePolicy, policy_dir, last_good=True)
 
 
+def deliberation_policy(policy_dir: Path | None = None) -> DeliberationPolicy:
+    return _load("deliberation.yaml", DeliberationPolicy, policy_dir, check=_item_category, last_good=True)
+
+
 def routing_policy(policy_dir: Path | None = None, units: set[str] | None = None) -> RoutingPolicy:
     """Load and validate the responsibility list; with `units`, every named unit must exist."""
     return _load("routing.yaml", RoutingPolicy, policy_dir, last_good=True,
@@ -409,7 +454,7 @@ def check_all(units: set[str] | None = None) -> tuple[list[str], list[str]]:
 
     with strict():  # report a broken file even while its last good version is in force
         for load in (categories, sla_policy, calendar, escalation_policy, whistle_policy, evaluation_policy,
-                     repeat_policy, lambda: routing_policy(units=units)):
+                     repeat_policy, deliberation_policy, lambda: routing_policy(units=units)):
             try:
                 load()
             except PolicyError as exc:

@@ -26,7 +26,7 @@ LABELS: dict[str, dict[str, str]] = {
     },
     "order_reason": {  # why a work order was created (WorkOrder.reason)
         "dispatch": "派单", "direct": "直派", "co_dispatch": "协办派单", "reject": "退单后改派",
-        "escalation": "超时升级", "reopen": "重办", "reassign": "督办改派",
+        "escalation": "超时升级", "reopen": "重办", "reassign": "督办改派", "directed": "指定承办",
     },
     "role": {"lead": "主办", "co": "协办"},
     "trigger": {  # services.policies.TRIGGERS
@@ -53,7 +53,17 @@ LABELS: dict[str, dict[str, str]] = {
         "follow_up.skipped": "免回访", "closed": "办结", "imported": "历史导入", "repeat.linked": "重复诉求",
         "urgency.raised": "提升紧急程度", "hot_spot": "热点", "whistle.blown": "吹哨",
         "whistle.reported": "报到", "whistle.rated": "吹哨评价",
+        "deliberation.linked": "转入商量", "deliberation.result": "商量结果反馈",
     },
+    "deliberation_timeline": {  # DeliberationEntry.kind, as written by services/deliberations.py
+        "created": "确定议题", "case.linked": "关联诉求", "participant.invited": "邀请代表",
+        "participant.rsvp": "代表回复", "step": "进入下一环节", "session.held": "组织商量", "decided": "形成决定",
+        "item.case": "事项派单", "items.done": "事项办结", "published.topic": "议题公示",
+        "published.decision": "决议公开", "published.result": "结果公开", "result.told": "结果告知",
+        "evaluated": "群众评议", "concluded": "商量完成",
+    },
+    "rsvp": {"pending": "待回复", "accepted": "参加", "declined": "不参加"},
+    "publicity_stage": {"topic": "议题公示", "decision": "决议公开", "result": "实施结果公开"},
     "delivery_status": {  # models.deliveries.Delivery.status
         "pending": "待发送", "delivered": "已送达", "failed": "被拒收", "dead_letter": "投递失败 (死信)",
         "no_endpoint": "无接收地址",
@@ -61,7 +71,7 @@ LABELS: dict[str, dict[str, str]] = {
     "event_type": {  # webhook event types (CONTRACT)
         "work_order.assigned": "派单", "work_order.escalated": "工单升级", "work_order.withdrawn": "撤回工单",
         "work_order.reminder": "时限提醒", "work_order.co_report": "协办报告", "escalation.opened": "升级通知",
-        "whistle.summoned": "吹哨召集",
+        "whistle.summoned": "吹哨召集", "deliberation.invited": "商量邀请", "deliberation.result": "商量结果",
     },
     "alert_kind": {  # models.alerts.OpsAlert.kind
         "webhook_gone": "接收地址已失效 (410)", "delivery_failed": "推送被拒收", "delivery_dead_letter": "推送失败 (死信)",

@@ -1,0 +1,53 @@
+"""One durable flow run per deliberation (大家商量着办), named by its number:
+确定议题 → 邀请代表 → 组织商量 → 办理事项 → 反馈结果.
+
+Like a case run, it suspends (freeing its process) between steps. The organisers' records (invitations, sessions,
+the decision, the published result) and the deadline watch (all item cases closed) leave signals in our DB first,
+then resume the run, which starts again from the top: every step is idempotent against the DB, so a replay
+duplicates nothing. Each decision item is carried out as a case of its own, through intake, with its own case run.
+Its only parameter is the deliberation id: no participant or citizen details reach Prefect.
+"""
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.input import RunInput
+
+from flows.waiting import suspend_as
+from models.deliberations import DeliberationStep
+from tasks.deliberation_tasks import carry_out_items, mark_answered, prepare_wait, settle_deliberation
+
+
+class DeliberationAnswer(RunInput):
+    """What woke the run: the kind of answer and the id of its signal."""
+
+    kind: str
+    signal_id: int | None = None
+
+
+@flow(name="deliberation", description="One deliberation from its topic to its feedback (大家商量着办).")
+async def deliberation_process(deliberation_id: int) -> str:
+    while not (state := await settle_deliberation(deliberation_id))["concluded"]:
+        if state["step"] == DeliberationStep.carrying_out:
+            await carry_out_items(deliberation_id)          # 办理事项: a case per item
+        await wait_for_answer(deliberation_id, state)
+    return f"concluded: {state['number']}"
+
+
+async def wait_for_answer(deliberation_id: int, state: dict) -> None:
+    """Suspend until the organisers or the deadline watch answer. On replay, the same wait returns its answer."""
+    seq, pending = await prepare_wait(deliberation_id)
+    if pending:
+        return
+    get_run_logger().info("deliberation %s waits: %s (wait %s)", deliberation_id, state["stage"], seq)
+
+    async def show_step(run_id: UUID) -> None:
+        async with get_client() as client:
+            await client.update_flow_run(run_id, tags=state["tags"])
+
+    answer = await suspend_as(state["stage"], key=f"deliberation-{deliberation_id}-wait-{seq}",
+                              wait_for_input=DeliberationAnswer, on_suspended=show_step)
+    get_run_logger().info("deliberation %s woken by %s (signal %s)", deliberation_id, answer.kind, answer.signal_id)
+    await mark_answered(deliberation_id, seq)

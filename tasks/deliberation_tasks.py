@@ -1,0 +1,51 @@
+"""The steps of a deliberation's flow, each a small task, idempotent against the DB (a replay re-does nothing)."""
+from __future__ import annotations
+
+import asyncio
+
+from hotline.db import read_scope, session_scope
+from services import deliberations, intake
+from tasks.case_tasks import step
+
+
+def _in_session(fn, *args):
+    def run():
+        with session_scope() as session:
+            return fn(session, *args)
+    return asyncio.to_thread(run)
+
+
+@step(name="settle-deliberation")
+async def settle_deliberation(deliberation_id: int) -> dict:
+    """Apply what was recorded (invitations, sessions, the decision, items done, the published result)."""
+    def run():
+        with session_scope() as session:
+            d = deliberations.settle(session, deliberation_id)
+            return {"number": d.number, "step": str(d.step), "concluded": d.concluded_at is not None,
+                    "stage": deliberations.STAGE_NAMES[d.step], "tags": deliberations.run_tags(d)}
+    return await asyncio.to_thread(run)
+
+
+@step(name="carry-out-items")
+async def carry_out_items(deliberation_id: int) -> list[str]:
+    """办理事项: each decision item becomes a case through intake (once per item: intake is idempotent by
+    source + source_ref), directed to the item's unit; its flow run handles, escalates and closes it."""
+    def pending():
+        with read_scope() as session:
+            return deliberations.item_intakes(session, deliberation_id)
+    numbers = []
+    for item_id, fields in await asyncio.to_thread(pending):
+        received = await intake.receive(fields)
+        await _in_session(deliberations.link_item_case, item_id, received.case.id)
+        numbers.append(received.case.number)
+    return numbers
+
+
+@step(name="prepare-wait")
+async def prepare_wait(deliberation_id: int) -> tuple[int, bool]:
+    return await _in_session(deliberations.current_wait, deliberation_id)
+
+
+@step(name="answered")
+async def mark_answered(deliberation_id: int, seq: int) -> None:
+    await _in_session(deliberations.finish_wait, deliberation_id, seq)
