@@ -56,8 +56,9 @@ from models import ExecutorBeat
 
 log = logging.getLogger("hotline.executor")
 
+# flows whose runs may simply run again from the top after a crash (every step idempotent against our DB)
 REPLAYABLE = {case_lifecycle.name, deliberation_process.name}
-REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)  # flows whose runs may simply run again from the top after a crash
+REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)
 
 
 class Executor:
