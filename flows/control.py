@@ -24,36 +24,22 @@ DELIBERATION_DEPLOYMENT = "deliberation/hotline"
 
 async def start_case_flow(case: Case) -> str:
     """Create the case's flow run (one per case, by idempotency key) and remember its id."""
-    flow_run = await run_deployment(
-        CASE_DEPLOYMENT,
-        parameters={"case_id": case.id},
-        flow_run_name=case.number,
-        tags=run_tags(case),
-        idempotency_key=f"case-{case.id}",
-        timeout=0,
-        as_subflow=False,
-    )
-    with session_scope() as session:
-        stored = session.get(Case, case.id)
-        if stored.flow_run_id is None:
-            stored.flow_run_id = str(flow_run.id)
-            session.add(stored)
-    return str(flow_run.id)
+    return await _start_run(CASE_DEPLOYMENT, Case, case.id, "case", case.number, run_tags(case))
 
 
 async def start_deliberation_flow(deliberation: Deliberation, tags: list[str]) -> str:
     """Create the deliberation's flow run (one per deliberation, by idempotency key), named by its number."""
-    flow_run = await run_deployment(
-        DELIBERATION_DEPLOYMENT,
-        parameters={"deliberation_id": deliberation.id},
-        flow_run_name=deliberation.number,
-        tags=tags,
-        idempotency_key=f"deliberation-{deliberation.id}",
-        timeout=0,
-        as_subflow=False,
-    )
+    return await _start_run(DELIBERATION_DEPLOYMENT, Deliberation, deliberation.id, "deliberation",
+                            deliberation.number, tags)
+
+
+async def _start_run(deployment: str, model: type, record_id: int, kind: str, name: str, tags: list[str]) -> str:
+    """One top-level run of `deployment` per record (`<kind>_id` its only parameter, named `name`); the record
+    remembers the run's id."""
+    flow_run = await run_deployment(deployment, parameters={f"{kind}_id": record_id}, flow_run_name=name,
+                                    tags=tags, idempotency_key=f"{kind}-{record_id}", timeout=0, as_subflow=False)
     with session_scope() as session:
-        stored = session.get(Deliberation, deliberation.id)
+        stored = session.get(model, record_id)
         if stored.flow_run_id is None:
             stored.flow_run_id = str(flow_run.id)
             session.add(stored)

@@ -94,12 +94,13 @@ class Stack:
             env["HOTLINE_POLICY_DIR"] = str(self.policy_dir)
         return env
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            args, env=self.env(), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            args, env=env or self.env(), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
 
     def _wait_http(self, name: str, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -146,17 +147,21 @@ class Stack:
 
     def stop(self) -> None:
         for name in ("api", "serve", "executor", "prefect-server"):
-            proc = self.procs.pop(name, None)
-            if proc is None or proc.poll() is not None:
-                continue
+            self.stop_process(name)
+
+    def stop_process(self, name: str, timeout: float = 20) -> None:
+        """SIGTERM the process group, SIGKILL it if it has not ended within `timeout` seconds."""
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def __enter__(self) -> "Stack":
         return self.start()

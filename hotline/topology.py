@@ -83,32 +83,24 @@ class ScaledStack(Stack):
             env["PREFECT_API_URL"] = f"http://127.0.0.1:{prefect_port}/api"
         return env
 
-    def _spawn_with(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        logs = self.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        out = open(logs / f"{name}.log", "ab")
-        from hotline.settings import REPO_ROOT
-        self.procs[name] = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
     def start(self) -> "ScaledStack":
         self.home.mkdir(parents=True, exist_ok=True)
         py = sys.executable
         for i, port in enumerate(self.prefect_ports):  # the first migrates the database, the others wait for it
             env = self.env(port) | ({} if i == 0 else {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"})
-            self._spawn_with(f"prefect-server-{i + 1}", [py, "-m", "prefect", "server", "start", "--no-services",
+            self._spawn(f"prefect-server-{i + 1}", [py, "-m", "prefect", "server", "start", "--no-services",
                                                          "--host", "127.0.0.1", "--port", str(port), "--no-ui"], env)
             self._wait_http(f"prefect-server-{i + 1}", f"http://127.0.0.1:{port}/api/health", 180)
-        self._spawn_with("prefect-services", [py, "-m", "prefect", "server", "services", "start"], self.env())
+        self._spawn("prefect-services", [py, "-m", "prefect", "server", "services", "start"], self.env())
         # our schema once, before several API workers start (concurrent CREATE TABLEs collide on Postgres)
         subprocess.run([py, "-c", "from hotline.db import init_db; init_db()"], env=self.env(), check=True)
-        self._spawn_with("api", [py, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+        self._spawn("api", [py, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
                                  "--port", str(self.api_port), "--workers", str(self.api_workers),
                                  "--log-level", "warning"], self.env())
         self._wait_http("api", f"{self.api_url}/api/health", 120)
         for i in range(self.executors):
             port = self.prefect_ports[i % len(self.prefect_ports)]
-            self._spawn_with(f"executor-{i + 1}", [py, "-m", "flows.executor"], self.env(port))
+            self._spawn(f"executor-{i + 1}", [py, "-m", "flows.executor"], self.env(port))
         self._wait_deployments(120)
         return self
 
@@ -119,21 +111,7 @@ class ScaledStack(Stack):
     def stop(self) -> None:
         for name in [n for n in self.procs if n.startswith(("api", "executor"))] + [
                 n for n in self.procs if n.startswith("prefect")]:
-            self._stop(name)
-
-    def _stop(self, name: str) -> None:
-        import signal
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.stop_process(name, timeout=30)
 
 
 def scaled(home: Path, *, executors: int = 2, api_workers: int = 2, prefect_servers: int = 2,

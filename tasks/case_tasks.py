@@ -28,7 +28,8 @@ def _transient(task, task_run, state) -> bool:
 step = task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 3, 10], retry_condition_fn=_transient)
 
 
-def _in_session(fn, *args):
+def in_session(fn, *args):
+    """Run `fn(session, *args)` in a worker thread, in one transaction."""
     def run():
         with session_scope() as session:
             return fn(session, *args)
@@ -38,7 +39,7 @@ def _in_session(fn, *args):
 @step(name="collect")
 async def collect_case(case_id: int) -> dict:
     """受理: category and jurisdiction."""
-    case = await _in_session(cases.collect, case_id)
+    case = await in_session(cases.collect, case_id)
     return {"number": case.number, "category": case.category, "district": case.district,
             "street": case.street, "community": case.community}
 
@@ -46,30 +47,30 @@ async def collect_case(case_id: int) -> dict:
 @step(name="dispatch")
 async def dispatch_case(case_id: int) -> str | None:
     """派单: work order to the unit the responsibility list names (or 直派 to the street)."""
-    case = await _in_session(cases.dispatch, case_id)
+    case = await in_session(cases.dispatch, case_id)
     return case.lead_unit
 
 
 @step(name="settle")
 async def settle_case(case_id: int) -> CaseStatus:
     """Apply the answers that arrived (unit events, lapsed deadlines, follow-up) and return the stage."""
-    return await _in_session(cases.settle, case_id)
+    return await in_session(cases.settle, case_id)
 
 
 @step(name="prepare-wait")
 async def prepare_wait(case_id: int) -> tuple[int, bool]:
-    return await _in_session(cases.current_wait, case_id)
+    return await in_session(cases.current_wait, case_id)
 
 
 @step(name="answered")
 async def mark_answered(case_id: int, seq: int) -> None:
-    await _in_session(cases.finish_wait, case_id, seq)
+    await in_session(cases.finish_wait, case_id, seq)
 
 
 @step(name="close")
 async def close_case(case_id: int) -> dict:
     """考评 and 办结."""
-    case = await _in_session(cases.evaluate_and_close, case_id)
+    case = await in_session(cases.evaluate_and_close, case_id)
     return {"status": case.status, "responded_in_time": case.responded_in_time,
             "completed_in_time": case.completed_in_time, "resolved": case.resolved,
             "satisfaction": case.satisfaction, "follow_up": case.follow_up_outcome}

@@ -5,14 +5,7 @@ import asyncio
 
 from hotline.db import read_scope, session_scope
 from services import deliberations, intake
-from tasks.case_tasks import step
-
-
-def _in_session(fn, *args):
-    def run():
-        with session_scope() as session:
-            return fn(session, *args)
-    return asyncio.to_thread(run)
+from tasks.case_tasks import in_session, step
 
 
 @step(name="settle-deliberation")
@@ -36,16 +29,16 @@ async def carry_out_items(deliberation_id: int) -> list[str]:
     numbers = []
     for item_id, fields in await asyncio.to_thread(pending):
         received = await intake.receive(fields)
-        await _in_session(deliberations.link_item_case, item_id, received.case.id)
+        await in_session(deliberations.link_item_case, item_id, received.case.id)
         numbers.append(received.case.number)
     return numbers
 
 
 @step(name="prepare-wait")
 async def prepare_wait(deliberation_id: int) -> tuple[int, bool]:
-    return await _in_session(deliberations.current_wait, deliberation_id)
+    return await in_session(deliberations.current_wait, deliberation_id)
 
 
 @step(name="answered")
 async def mark_answered(deliberation_id: int, seq: int) -> None:
-    await _in_session(deliberations.finish_wait, deliberation_id, seq)
+    await in_session(deliberations.finish_wait, deliberation_id, seq)
