@@ -28,6 +28,22 @@ from prefect.utilities.engine import propose_state
 T = TypeVar("T")
 
 
+def after_proposal(state) -> str:
+    """What the server's answer to our proposed pause means:
+    - "paused": accepted, the run now waits;
+    - "replay": refused because this pause already fired (same key): the run was resumed and this is its replay;
+    - "resumed": the pause was accepted and a resume came before we heard back (e.g. Prefect's SQLite held our
+      request for a minute while a unit answered): the run is Scheduled (Resuming) or already Pending again.
+    Anything else (a cancelled or failed run) cannot be suspended."""
+    if state.is_paused():
+        return "paused"
+    if state.is_running():
+        return "replay"
+    if state.is_scheduled() or state.is_pending():
+        return "resumed"
+    raise RuntimeError(f"flow run cannot be suspended; the server answered {state}")
+
+
 async def suspend_as(state_name: str, *, key: str, wait_for_input: type[T],
                      on_suspended: Callable[[UUID], Awaitable[None]] | None = None) -> T:
     """Suspend the current flow run (freeing its process) until it is resumed with an input of `wait_for_input`.
@@ -55,10 +71,11 @@ async def suspend_as(state_name: str, *, key: str, wait_for_input: type[T],
             state = await propose_state(client=client, state=proposed, flow_run_id=flow_run_id)
         except Abort as exc:
             raise RuntimeError(f"flow run cannot be suspended: {exc}") from exc
-        if state.is_running():  # this wait was answered before: the run was resumed and replays
+        outcome = after_proposal(state)
+        if outcome == "replay":  # this wait was answered before: the run was resumed and replays
             return await input_type.aload(keyset)
-        if not state.is_paused():
-            raise RuntimeError(f"flow run cannot be suspended; the server answered {state}")
+        if outcome == "resumed":  # suspended and already resumed while our proposal was in flight: end this
+            raise Pause(state=state)  # execution; the resumed run starts again from the top in a new one
 
     if on_suspended is not None:
         try:

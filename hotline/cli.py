@@ -50,14 +50,15 @@ def up(home: Path = typer.Option(None, help="data folder (default ./.hotline)"),
        demo: bool = typer.Option(False, help="also load the demo district and run the seed cases")) -> None:
     """Start the Prefect server, the flow-serving process and the API."""
     if demo:
-        return run_demo(home=home, api_port=api_port, prefect_port=prefect_port, exit=False)
+        return run_demo(home=home, api_port=api_port, prefect_port=prefect_port, exit=False, timeout=300)
     _hold(_start(home, api_port, prefect_port, None))
 
 
 @app.command("demo")
 def run_demo(home: Path = typer.Option(None, help="data folder (default ./.hotline)"),
              api_port: int = 8000, prefect_port: int = 4200,
-             exit: bool = typer.Option(False, "--exit", help="stop when the demo cases are closed")) -> None:
+             exit: bool = typer.Option(False, "--exit", help="stop when the demo cases are closed"),
+             timeout: float = typer.Option(300, help="seconds to wait for every demo case to close")) -> None:
     """Start everything, load the demo district and push the seed cases through their lifecycle."""
     from hotline.demo import demo_policy_dir, run_demo as drive
 
@@ -65,7 +66,7 @@ def run_demo(home: Path = typer.Option(None, help="data folder (default ./.hotli
     home = (home or settings.home).resolve()
     stack = _start(home, api_port, prefect_port, demo_policy_dir(home))
     try:
-        ok = drive(stack.api_url, stack.prefect_url, admin_token(home), free_port())
+        ok = drive(stack.api_url, stack.prefect_url, admin_token(home), free_port(), timeout=timeout)
     except BaseException:
         stack.stop()
         raise

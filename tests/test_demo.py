@@ -17,7 +17,7 @@ def test_demo_closes_every_seed_case(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOTLINE_", "PREFECT_"))}
     done = subprocess.run(
         [sys.executable, "-m", "hotline", "demo", "--exit", "--home", str(tmp_path / "home"),
-         "--api-port", str(free_port()), "--prefect-port", str(free_port())],
+         "--api-port", str(free_port()), "--prefect-port", str(free_port()), "--timeout", "600"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
