@@ -37,7 +37,6 @@ from hotline.receiver import Receiver, Received
 from hotline.runtime import Stack, admin_token, free_port
 from hotline.settings import REPO_ROOT
 
-POSTGRES = os.environ.get("HOTLINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SLA = {"urgency": {"normal": {"respond_within": "1h", "due_within": "2h"},
                    "urgent": {"respond_within": "1h", "due_within": "2h"},
                    "emergency": {"respond_within": "5s", "due_within": "1h"}},
@@ -96,19 +95,9 @@ class Bench:
                                      api_port=free_port(), prefect_port=free_port())
             self.cleanup, self.db_url = dbs.drop, dbs.ours
         elif args.postgres:
-            import psycopg
-            schema, pdb = f"hotline_bench_{uuid.uuid4().hex[:8]}", f"prefect_bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(POSTGRES, autocommit=True) as conn:
-                conn.execute(f'CREATE SCHEMA "{schema}"')
-                conn.execute(f'CREATE DATABASE "{pdb}"')
-            db_url = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1) + f"?options=-csearch_path%3D{schema}"
-            prefect_url = POSTGRES.replace("postgresql://", "postgresql+asyncpg://", 1).rsplit("/", 1)[0] + f"/{pdb}"
-
-            def cleanup():
-                with psycopg.connect(POSTGRES, autocommit=True) as conn:
-                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-                    conn.execute(f'DROP DATABASE IF EXISTS "{pdb}" WITH (FORCE)')
-            self.cleanup = cleanup
+            from hotline.topology import Databases
+            dbs = Databases(prefix="bench")
+            db_url, prefect_url, self.cleanup = dbs.ours, dbs.prefect, dbs.drop
         if args.topology != "scaled":
             self.db_url = db_url or f"sqlite:///{self.home / 'hotline.db'}"
             self.stack = Stack(home=self.home, api_port=free_port(), prefect_port=free_port(), database_url=db_url,

@@ -102,6 +102,7 @@ class Executor:
             await asyncio.gather(*loops, return_exceptions=True)
             await self._drain(client)
         await asyncio.to_thread(self._retire)
+        log.info("executor %s stopped: %s", self.id, self.counts)
 
     def stop(self) -> None:
         self.stopping.set()

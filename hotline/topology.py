@@ -44,12 +44,14 @@ def redis_settings(url: str) -> dict[str, str]:
 
 @dataclass
 class Databases:
-    """A Prefect database and a schema for our DB on the machine's Postgres, made for one run and dropped after."""
+    """A Prefect database and a schema for our DB on the machine's Postgres, made for one run and dropped after
+    (the scaled shape's, and the benchmark's with --postgres)."""
     admin_url: str = POSTGRES
+    prefix: str = "scaled"
 
     def __post_init__(self) -> None:
         tag = uuid.uuid4().hex[:8]
-        self.prefect_db, self.schema = f"prefect_scaled_{tag}", f"hotline_scaled_{tag}"
+        self.prefect_db, self.schema = f"prefect_{self.prefix}_{tag}", f"hotline_{self.prefix}_{tag}"
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.prefect_db}"')
             conn.execute(f'CREATE SCHEMA "{self.schema}"')

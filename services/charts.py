@@ -41,6 +41,14 @@ def _text(x: float, y: float, content: str, *, size: int = 12, anchor: str = "st
             f'dominant-baseline="{baseline}" fill="{fill}"{extra}>{escape(content)}</text>')
 
 
+
+def _svg_start(cls: str, width: int, height: float, left: int, title: str) -> list[str]:
+    """The opening of a chart: the svg element, its accessible title and the visible title line."""
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {cls}" viewBox="0 0 {width} {_num(height)}" '
+            f'width="{width}" height="{_num(height)}" role="img" font-family="{FONT}">',
+            f"<title>{escape(title)}</title>",
+            _text(left, 16, title, size=15, weight="bold", fill="#222", cls="chart-title")]
+
 def _legend(items: list[tuple[str, str, str, float]], x0: float, y0: float, width: float) -> tuple[list[str], float]:
     """Legend items (label, colour, dash, stroke width) flowing left to right, wrapping at `width`.
     Returns the SVG parts and the height used."""
@@ -73,10 +81,7 @@ def rate_bars(rows: list[dict], title: str, series=RATE_SERIES, width: int = 100
     legend, legend_h = _legend([(name, colour, "", 10) for _, name, colour in series], left, 0, plot_w)
     axis_y = top + plot_h
     height = axis_y + 44 + legend_h
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart bar-chart" viewBox="0 0 {width} {_num(height)}" '
-             f'width="{width}" height="{_num(height)}" role="img" font-family="{FONT}">',
-             f"<title>{escape(title)}</title>",
-             _text(left, 16, title, size=15, weight="bold", fill="#222", cls="chart-title")]
+    parts = _svg_start("bar-chart", width, height, left, title)
     for tick in range(0, 101, 20):  # x axis: 0% .. 100%
         x = left + plot_w * tick / 100
         parts.append(f'<line x1="{_num(x)}" y1="{top}" x2="{_num(x)}" y2="{_num(axis_y)}" stroke="{GRID}"/>')
@@ -147,10 +152,7 @@ def rate_lines(months: list[str], series: list[dict], title: str, width: int = 1
     legend, legend_h = _legend(items, left, 0, plot_w)
     axis_y = top + plot_h
     height = axis_y + 50 + legend_h
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart line-chart" viewBox="0 0 {width} {_num(height)}" '
-             f'width="{width}" height="{_num(height)}" role="img" font-family="{FONT}">',
-             f"<title>{escape(title)}</title>",
-             _text(left, 16, title, size=15, weight="bold", fill="#222", cls="chart-title")]
+    parts = _svg_start("line-chart", width, height, left, title)
     tick_step = 0.05 if floor >= 0.7 else 0.1 if floor >= 0.4 else 0.2  # round steps: 5 %, 10 % or 20 %
     ticks = [floor + tick_step * i for i in range(round((1 - floor) / tick_step) + 1)]
     for t in ticks:  # y axis

@@ -51,11 +51,7 @@ async def communities(_actor: AnyStaff, month: Month):
     """零诉求/低诉求社区: every community with its number of cases reported in `month` and its status (zero, low,
     normal; low = 1..low_request_threshold of policies/evaluation.yaml), fewest first. Definitions:
     docs/evaluation.md."""
-    def read():
-        policy = evaluation.evaluation_policy()
-        with read_scope() as session:
-            return trends.communities_for_month(session, month, policy)
-    return await run_in_threadpool(read)
+    return await _month_trend(trends.communities_for_month, month)
 
 
 @router.get("/topics")
@@ -63,8 +59,13 @@ async def topics(_actor: AnyStaff, month: Month):
     """每月一题 candidates per street for `month`: the categories that grew most since the previous month and
     those that recur most over the last three months (top `topic_candidates` of each). Definitions:
     docs/evaluation.md."""
+    return await _month_trend(trends.topics_for_month, month)
+
+
+async def _month_trend(compute, month: str):
+    """`compute(session, month, evaluation policy)` in a worker thread, on a read-only session."""
     def read():
         policy = evaluation.evaluation_policy()
         with read_scope() as session:
-            return trends.topics_for_month(session, month, policy)
+            return compute(session, month, policy)
     return await run_in_threadpool(read)
