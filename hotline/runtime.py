@@ -50,6 +50,7 @@ class Stack:
     watch_interval_seconds: int = 10
     executor: str = "serve"  # "serve": a process per flow run; "inprocess": flows/executor.py, one event loop
     quiet: bool = False
+    intake_wait_seconds: float | None = None  # HOTLINE_INTAKE_WAIT_SECONDS for the API (None: the setting's own)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -92,6 +93,8 @@ class Stack:
             env["HOTLINE_DATABASE_URL"] = self.database_url
         if self.policy_dir:
             env["HOTLINE_POLICY_DIR"] = str(self.policy_dir)
+        if self.intake_wait_seconds is not None:
+            env["HOTLINE_INTAKE_WAIT_SECONDS"] = str(self.intake_wait_seconds)
         return env
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:

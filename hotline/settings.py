@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     executor_heartbeat_seconds: float = 5
     executor_dead_after_seconds: float = Field(default=30, description="an executor silent this long is dead")
     webhook_timeout_seconds: float = 5.0
+    intake_wait_seconds: float = Field(
+        default=15, description="intake waits this long for Prefect to create the case's run, to answer with its "
+        "flow_run_id; 0 answers as soon as the case is recorded (a burst is then taken at our API's rate and the "
+        "runs start in the background)")
 
     @property
     def db_url(self) -> str:

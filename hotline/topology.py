@@ -72,6 +72,8 @@ class ScaledStack(Stack):
     prefect_servers: int = 2
     executors: int = 2
     api_workers: int = 2
+    # city scale: intake answers once the case is recorded; runs start in the background (flow_run_id comes later)
+    intake_wait_seconds: float | None = 0
 
     def __post_init__(self) -> None:
         if not (self.database_url and self.prefect_database_url):

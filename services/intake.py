@@ -12,12 +12,15 @@ from sqlalchemy.exc import IntegrityError
 
 from flows.control import start_case_flow
 from hotline.db import session_scope
+from hotline.settings import get_settings
 from models import Case
 from services import cases
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_SECONDS = 15  # a busy Prefect server must not hold the caller; the watch starts the run later
+START_CONCURRENCY = 16  # run creations at once per process: a burst queues here instead of flooding Prefect
+_starting: set[asyncio.Task] = set()
+_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 
 @dataclass
@@ -44,8 +47,31 @@ async def receive(fields: dict[str, Any]) -> Intake:
     case, created = await to_thread.run_sync(_record, fields)
     flow_run_id = case.flow_run_id
     if flow_run_id is None:
-        try:
-            flow_run_id = await asyncio.wait_for(start_case_flow(case), START_TIMEOUT_SECONDS)
-        except Exception as exc:  # timed out or refused: the case is recorded; the deadline watch starts its run
-            log.warning("case %s recorded, flow run not started yet: %s", case.number, exc)
+        started = start_soon(case)
+        wait = get_settings().intake_wait_seconds
+        if wait > 0:  # answer with the run's id if Prefect creates it in time; the start goes on regardless
+            try:
+                flow_run_id = await asyncio.wait_for(asyncio.shield(started), wait)
+            except Exception as exc:
+                log.warning("case %s recorded, flow run not started yet: %s", case.number, exc or "timed out")
     return Intake(case=case, created=created, flow_run_id=flow_run_id)
+
+
+def start_soon(case: Case) -> asyncio.Task:
+    """Start the case's flow run in the background, at most START_CONCURRENCY at once per process. Whatever fails
+    here (Prefect refused, the process stopped) the deadline watch starts later: the case is already recorded."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.setdefault(loop, asyncio.Semaphore(START_CONCURRENCY))
+
+    async def start() -> str | None:
+        async with slots:
+            try:
+                return await start_case_flow(case)
+            except Exception as exc:
+                log.warning("case %s: flow run not started (the deadline watch retries): %s", case.number, exc)
+                return None
+
+    task = loop.create_task(start())
+    _starting.add(task)  # keep a reference until done (the loop holds tasks only weakly)
+    task.add_done_callback(_starting.discard)
+    return task
