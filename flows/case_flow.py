@@ -3,7 +3,9 @@
 The run waits (suspends, freeing its process) whenever the case waits for a unit, the citizen or the clock.
 Whatever answers — a unit's event, a lapsed deadline found by the deadline watch, a follow-up — is first written
 to our DB as a signal, then the run is resumed. A resumed run starts again from the top; every step is idempotent
-against the DB, so a replay re-does nothing and the loop simply applies what is new.
+against the DB, so a replay re-does nothing and the loop simply applies what is new. Reads that decide the path
+(`is_received`, `read_stage`) are plain calls, not task runs: each task run costs Prefect several API calls and
+events, and a replay would repeat them for nothing.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from prefect import flow, get_run_logger
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from flows import NO_RESULTS
 from flows.control import show_stage
 from flows.waiting import suspend_as
 from models.states import CaseStatus
 from tasks.case_tasks import (
-    close_case, collect_case, deliver_webhooks, dispatch_case, mark_answered, prepare_wait, read_stage,
-    settle_case,
+    close_case, collect_case, deliver_webhooks, dispatch_case, is_received, mark_answered, prepare_wait,
+    read_stage, settle_case,
 )
 
 FINISHED = (CaseStatus.evaluating, CaseStatus.closed)
@@ -29,10 +32,11 @@ class CaseAnswer(RunInput):
     signal_id: int | None = None
 
 
-@flow(name="case", description="One citizen request from intake to close (接诉即办).")
+@flow(name="case", **NO_RESULTS, description="One citizen request from intake to close (接诉即办).")
 async def case_lifecycle(case_id: int) -> str:
-    await collect_case(case_id)                              # 受理: category, jurisdiction
-    await dispatch_case(case_id)                             # 派单 / 直派: the first work order
+    if await is_received(case_id):                          # a resumed run goes straight on to 办理
+        await collect_case(case_id)                          # 受理: category, jurisdiction
+        await dispatch_case(case_id)                         # 派单 / 直派: the first work order
     while await settle_case(case_id) not in FINISHED:       # 办理, 升级, 退单, 回访, 重办
         await deliver_webhooks(case_id)
         await wait_for_answer(case_id)

@@ -7,8 +7,7 @@ from uuid import UUID
 
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.flow_runs import NotPausedError, resume_flow_run
 
 from hotline.db import session_scope
@@ -33,16 +32,36 @@ async def start_deliberation_flow(deliberation: Deliberation, tags: list[str]) -
                             deliberation.number, tags)
 
 
+_deployment_ids: dict[str, UUID] = {}
+
+
+async def _deployment_id(client, name: str) -> UUID:
+    """A deployment's id by its name, looked up once per process (a start is then one API call, not two)."""
+    if name not in _deployment_ids:
+        _deployment_ids[name] = (await client.read_deployment_by_name(name)).id
+    return _deployment_ids[name]
+
+
 async def _start_run(deployment: str, model: type, record_id: int, kind: str, name: str, tags: list[str]) -> str:
-    """One top-level run of `deployment` per record (`<kind>_id` its only parameter, named `name`); the record
-    remembers the run's id."""
-    flow_run = await run_deployment(deployment, parameters={f"{kind}_id": record_id}, flow_run_name=name,
-                                    tags=tags, idempotency_key=f"{kind}-{record_id}", timeout=0, as_subflow=False)
-    with session_scope() as session:
-        stored = session.get(model, record_id)
-        if stored.flow_run_id is None:
-            stored.flow_run_id = str(flow_run.id)
-            session.add(stored)
+    """One top-level run of `deployment` per record (`<kind>_id` its only parameter, named `name`; never a subflow);
+    the record remembers the run's id."""
+    options = dict(parameters={f"{kind}_id": record_id}, name=name, tags=tags, idempotency_key=f"{kind}-{record_id}")
+    async with get_client() as client:
+        try:
+            flow_run = await client.create_flow_run_from_deployment(await _deployment_id(client, deployment), **options)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 404:
+                raise
+            _deployment_ids.pop(deployment, None)  # re-created under a new id: look it up again
+            flow_run = await client.create_flow_run_from_deployment(await _deployment_id(client, deployment), **options)
+
+    def remember() -> None:
+        with session_scope() as session:
+            stored = session.get(model, record_id)
+            if stored.flow_run_id is None:
+                stored.flow_run_id = str(flow_run.id)
+                session.add(stored)
+    await asyncio.to_thread(remember)  # off the event loop: intake starts runs while it answers others
     return str(flow_run.id)
 
 

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlmodel import select
 
+from flows import NO_RESULTS
 from flows.control import start_case_flow, start_deliberation_flow, wake
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
@@ -113,7 +114,7 @@ async def retry_deliveries() -> dict[str, int]:
     return await deliver_due()
 
 
-@flow(name="deadline-watch", description="Escalates lapsed deadlines and keeps every case moving.")
+@flow(name="deadline-watch", **NO_RESULTS, description="Escalates lapsed deadlines and keeps every case moving.")
 async def deadline_watch() -> dict:
     summary = {
         "lapsed": await find_lapsed(),

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.input import RunInput
 
+from flows import NO_RESULTS
 from flows.waiting import suspend_as
 from models.deliberations import DeliberationStep
 from tasks.deliberation_tasks import carry_out_items, mark_answered, prepare_wait, settle_deliberation
@@ -27,7 +28,7 @@ class DeliberationAnswer(RunInput):
     signal_id: int | None = None
 
 
-@flow(name="deliberation", description="One deliberation from its topic to its feedback (大家商量着办).")
+@flow(name="deliberation", **NO_RESULTS, description="One deliberation from its topic to its feedback (大家商量着办).")
 async def deliberation_process(deliberation_id: int) -> str:
     while not (state := await settle_deliberation(deliberation_id))["concluded"]:
         if state["step"] == DeliberationStep.carrying_out:

@@ -14,6 +14,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows import NO_RESULTS
 from hotline.clock import now
 from hotline.db import read_scope
 from services import reports
@@ -60,7 +61,7 @@ async def publish_rates(report: reports.MonthlyReport) -> str:
     return key
 
 
-@flow(name="monthly-report", flow_run_name=_run_name,
+@flow(name="monthly-report", **NO_RESULTS, flow_run_name=_run_name,
       description="The monthly report (三率, trends, hot spots, 零诉求社区, 每月一题) as HTML and CSV.")
 async def monthly_report(month: str | None = None) -> dict:
     """`month` as YYYY-MM; default: the month before the current local month (the run on Dec 1 reports November)."""

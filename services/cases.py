@@ -122,6 +122,14 @@ def find_by_source(session: Session, source: str, source_ref: str) -> Case | Non
 
 # ---------------------------------------------------------------- collection and dispatch (flow)
 
+def is_received(session: Session, case_id: int) -> bool:
+    """Nothing done yet but 受理 (recorded): collect and dispatch still to do."""
+    case = session.get(Case, case_id)
+    if case is None:
+        raise NotFound(f"case {case_id} not found")
+    return case.status == CaseStatus.received
+
+
 def collect(session: Session, case_id: int) -> Case:
     """Normalise the category and fix the jurisdiction from the location against the unit registry."""
     case = lock_case(session, case_id)

@@ -83,10 +83,21 @@ async def deliver_webhooks(case_id: int | None = None) -> dict[str, int]:
 
 
 
-@step(name="stage")
-async def read_stage(case_id: int) -> RunView:
-    """Where the case stands, in words, with the run's tags and timeline artifact (services.run_view)."""
-    def read():
+def in_read(fn, *args):
+    """Run `fn(session, *args)` in a worker thread, reading only."""
+    def run():
         with read_scope() as session:
-            return run_view(session, case_id)
-    return await asyncio.to_thread(read)
+            return fn(session, *args)
+    return asyncio.to_thread(run)
+
+
+async def read_stage(case_id: int) -> RunView:
+    """Where the case stands, in words, with the run's tags and timeline artifact (services.run_view). A plain
+    read, not a task run."""
+    return await in_read(run_view, case_id)
+
+
+async def is_received(case_id: int) -> bool:
+    """Still as received (受理 and 派单 not done yet)? A plain read, not a task run: a resumed run skips both steps
+    without asking Prefect for two task runs that would do nothing."""
+    return await in_read(cases.is_received, case_id)

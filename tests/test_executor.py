@@ -17,6 +17,7 @@ from sqlmodel import Session, create_engine
 
 from hotline.clock import now
 from models import ExecutorBeat
+from hotline.runtime import REPO_ROOT
 from tests.conftest import STACK_TIMEOUT, Env, stack_env
 
 EXECUTOR_ENV = {"HOTLINE_EXECUTOR_HEARTBEAT_SECONDS": "1", "HOTLINE_EXECUTOR_DEAD_AFTER_SECONDS": "6"}
@@ -84,8 +85,11 @@ def test_a_case_runs_to_its_end_in_the_executor(inproc: Env):
         assert time.monotonic() < deadline, final["state_type"]
         time.sleep(0.5)
     # at least two executions (intake; then the answers — a follow-up arriving while the run is still busy
-    # is applied without another suspension)
-    assert task_runs(inproc, run_id, "collect") >= 2
+    # is applied without another suspension); 受理 and 派单 ran in the first only
+    r = inproc.prefect.get("/api/flow_run_states/", params={"flow_run_id": run_id})
+    assert r.status_code == 200, r.text
+    assert sum(1 for s in r.json() if s["type"] == "RUNNING") >= 2
+    assert task_runs(inproc, run_id, "collect") == 1 and task_runs(inproc, run_id, "dispatch") == 1
 
 
 def test_two_executors_run_each_run_once(inproc: Env):
@@ -156,3 +160,47 @@ def test_killing_the_executor_mid_run_loses_and_duplicates_nothing(inproc: Env):
         assert len(detail["work_orders"]) == 1, (states, detail["work_orders"])
         assert Counter(t["kind"] for t in detail["timeline"])["work_order.assigned"] <= 1
         assert len(inproc.receiver.of(type="work_order.assigned", case_number=c["number"])) == 1
+
+
+def test_a_running_run_cancelled_by_an_operator_stops(inproc: Env, tmp_path):
+    """Cancel in the UI = propose `Cancelling`; the executor running it stops it and marks it `Cancelled`, and goes
+    on running other runs."""
+    env = inproc.stack.env()
+    slow = subprocess.Popen([sys.executable, "-m", "tests.slow_flow", str(tmp_path)], env=env,
+                            cwd=str(REPO_ROOT), stdout=open(inproc.stack.home / "logs" / "executor-slow.log", "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STACK_TIMEOUT
+        while (r := inproc.prefect.get("/api/deployments/name/test-slow/slow")).status_code != 200:
+            assert time.monotonic() < deadline and slow.poll() is None, "the slow flow's executor did not start"
+            time.sleep(0.5)
+        deployment = r.json()["id"]
+
+        def start(seconds: float, tag: str) -> str:
+            r = inproc.prefect_post(f"/api/deployments/{deployment}/create_flow_run",
+                                    {"parameters": {"seconds": seconds, "tag": tag}})
+            assert r.status_code == 201, r.text
+            return r.json()["id"]
+
+        def wait_state(run_id: str, state_type: str) -> dict:
+            deadline = time.monotonic() + STACK_TIMEOUT
+            while (run := inproc.flow_run(run_id))["state_type"] != state_type:
+                assert time.monotonic() < deadline, f"{run_id}: {run['state_type']}, not {state_type}"
+                time.sleep(0.3)
+            return run
+
+        long_run = start(600, "long")
+        run = wait_state(long_run, "RUNNING")
+        assert run["infrastructure_pid"].startswith("executor:")
+        assert (tmp_path / "long.started").exists()
+        r = inproc.prefect_post(f"/api/flow_runs/{long_run}/set_state", {"state": {"type": "CANCELLING"}})
+        assert r.status_code in (200, 201), r.text
+        cancelled = wait_state(long_run, "CANCELLED")
+        assert cancelled["state"]["message"].startswith("cancelled on executor:")
+        assert not (tmp_path / "long.finished").exists()
+        short_run = start(0, "short")  # the executor is still there for the next run
+        wait_state(short_run, "COMPLETED")
+        assert (tmp_path / "short.finished").exists() and not (tmp_path / "long.finished").exists()
+    finally:
+        os.killpg(slow.pid, signal.SIGTERM)
+        slow.wait(timeout=60)
