@@ -221,6 +221,10 @@ class DecisionItemIn(Strict):
     unit: str = Field(min_length=1, max_length=64)
     description: str = Field(min_length=1, max_length=5000)
     urgency: Literal["normal", "urgent", "emergency"] | None = None
+    due_at: datetime | None = Field(default=None, description="the item's own deadline (with offset, in the future); "
+                                    "default: sla.yaml's time for decision items")
+
+    _due_at = field_validator("due_at")(lambda cls, v: _aware(v))
 
 
 class SessionDecision(Strict):

@@ -13,7 +13,7 @@ Two kinds of callers:
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlmodel import Session, col, func, select
@@ -291,7 +291,7 @@ def record_session(*, session: Session, deliberation_id: int, body: dict, actor:
            actor=actor, session_id=row.id, seq=seq, opinions=len(row.opinions), decided=bool(decision))
     for n, item in enumerate(items, start=1):
         session.add(DecisionItem(deliberation_id=deliberation.id, session_id=row.id, seq=n, unit=item["unit"],
-                                 description=item["description"], urgency=item["urgency"]))
+                                 description=item["description"], urgency=item["urgency"], due_at=item["due_at"]))
     if decision:
         record(session, deliberation, "decided", _decision_note(decision, len(items)), actor=actor, session_id=row.id,
                method=decision["method"], items=len(items))
@@ -313,8 +313,25 @@ def _check_decision(session: Session, decision: dict) -> list[dict]:
         if session.get(Unit, item["unit"]) is None:
             raise Invalid(f"decision.items.{i}.unit", f"unknown unit {item['unit']!r}")
         items.append({"unit": item["unit"], "description": item["description"],
-                      "urgency": item.get("urgency") or default_urgency})
+                      "urgency": item.get("urgency") or default_urgency,
+                      "due_at": item_due_at(item.get("due_at"), f"decision.items.{i}.due_at")})
     return items
+
+
+def item_due_at(value: datetime | str | None, field: str) -> datetime | None:
+    """An item's own due date (限期: "before 1 May"): optional; with an offset, in the future. Aware UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise Invalid(field, f"not a date and time: {value!r} (e.g. 2027-05-01T00:00:00+08:00)") from None
+    if value.tzinfo is None:
+        raise Invalid(field, "must carry a UTC offset, e.g. 2027-05-01T00:00:00+08:00")
+    if value <= now():
+        raise Invalid(field, f"must be in the future (it is {iso(value)})")
+    return value.astimezone(timezone.utc)
 
 
 def _decision_note(decision: dict, items: int) -> str:
@@ -476,7 +493,7 @@ def item_intakes(session: Session, deliberation_id: int) -> list[tuple[int, dict
         "source": "deliberation", "source_ref": f"{deliberation.number}-item-{item.seq}", "category": category,
         "title": f"商量事项 {deliberation.number}-{item.seq}: {deliberation.title}", "description": item.description,
         "urgency": item.urgency, "location": dict(deliberation.location or {}), "anonymous": True,
-        "reported_at": now(), "directed_unit": item.unit,
+        "reported_at": now(), "directed_unit": item.unit, "directed_due_at": item.due_at,
     }) for item in _items(session, deliberation) if item.case_id is None]
 
 
@@ -597,7 +614,7 @@ def detail(session: Session, deliberation_id: int) -> dict | None:
 def _item_view(session: Session, item: DecisionItem) -> dict:
     case = session.get(Case, item.case_id) if item.case_id else None
     return {"item_id": str(item.id), "seq": item.seq, "unit": item.unit, "description": item.description,
-            "urgency": item.urgency, "case_id": str(case.id) if case else None,
+            "urgency": item.urgency, "due_at": iso(item.due_at), "case_id": str(case.id) if case else None,
             "case_number": case.number if case else None, "case_status": case.status if case else None,
             "lead_unit": case.lead_unit if case else None}
 
