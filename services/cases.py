@@ -86,14 +86,16 @@ def add_signal(session: Session, case_id: int, kind: str, dedupe_key: str | None
 
 
 def queue_delivery(session: Session, unit: Unit, event_type: str, data: dict, *, key: str,
-                   case: Case | None = None, work_order: WorkOrder | None = None) -> None:
-    """Write a webhook delivery; `key` makes it idempotent (a replay writes nothing new)."""
+                   case: Case | None = None, work_order: WorkOrder | None = None,
+                   deliberation_id: int | None = None) -> None:
+    """Write a webhook delivery; `key` makes it idempotent (a replay writes nothing new). `case` or
+    `deliberation_id` say whose run sends it (`deliver_due`); the deadline watch sends whatever is left."""
     msg_id = f"msg_{key}"
     if session.exec(select(Delivery.id).where(Delivery.msg_id == msg_id)).first():
         return
     session.add(Delivery(
         msg_id=msg_id, unit=unit.code, case_id=case.id if case else None,
-        work_order_id=work_order.id if work_order else None, event_type=event_type,
+        work_order_id=work_order.id if work_order else None, deliberation_id=deliberation_id, event_type=event_type,
         payload={"type": event_type, "timestamp": local(now()).isoformat(), "data": data},
         status="pending" if unit.webhook_url else "no_endpoint",
     ))

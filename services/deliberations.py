@@ -207,7 +207,8 @@ def _invite_one(session: Session, deliberation: Deliberation, p: dict, type_labe
             "participant_id": str(participant.id), "participant_type": p["type"], "type_label": type_label,
             "location": deliberation.location,
             "rsvp_url": f"{get_settings().base_url}/api/deliberations/{deliberation.id}/participants/"
-                        f"{participant.id}/rsvp"}, key=f"delib{deliberation.id}-p{participant.id}-invited")
+                        f"{participant.id}/rsvp"}, key=f"delib{deliberation.id}-p{participant.id}-invited",
+            deliberation_id=deliberation.id)
     else:
         participant.invitation_text = render(
             "deliberation_invitation.txt.j2", name=name, place=_place_label(deliberation), number=deliberation.number,
@@ -384,7 +385,7 @@ def _tell_result(session: Session, deliberation: Deliberation, publicity: Public
             cases.queue_delivery(session, session.get(Unit, participant.unit), "deliberation.result", {
                 "deliberation_number": deliberation.number, "title": deliberation.title, "text": text,
                 "published_at": iso(publicity.published_at), "place": publicity.place},
-                key=f"delib{deliberation.id}-pub{publicity.id}-p{participant.id}")
+                key=f"delib{deliberation.id}-pub{publicity.id}-p{participant.id}", deliberation_id=deliberation.id)
     for link in session.exec(select(DeliberationCase).where(DeliberationCase.deliberation_id == deliberation.id)):
         case = cases.lock_case(session, link.case_id)
         cases.record(session, case, "deliberation.result", f"商量结果已反馈: {deliberation.number}", actor=actor,
