@@ -86,9 +86,10 @@ def _place_label(deliberation: Deliberation) -> str:
 # ---------------------------------------------------------------- 确定议题: the topic
 
 def create(*, session: Session, topic_type: str, title: str, description: str | None, location: dict,
-           case_ids: list[int], actor: str, unit: Unit | None = None) -> Deliberation:
+           case_ids: list[int], actor: str, unit: Unit | None = None, origin: str | None = None) -> Deliberation:
     """A topic proposed by a community or street (`unit`), or by a supervisor converting cases (`case_ids`):
-    the cases are linked and their citizens told that the case continues as a deliberation."""
+    the cases are linked and their citizens told that the case continues as a deliberation. `origin` (default:
+    `case` with cases, else `community`) says where the topic came from, e.g. `hot_spot` (services.topic_proposals)."""
     policy = policies.deliberation_policy()
     if topic_type not in policy.topic_types:
         raise Invalid("topic_type", f"one of {sorted(policy.topic_types)} ({'、'.join(policy.topic_types.values())})")
@@ -108,7 +109,7 @@ def create(*, session: Session, topic_type: str, title: str, description: str | 
     deliberation = Deliberation(
         topic_type=topic_type, title=title, description=description, location=location,
         district=place.district, street=place.street, community=place.community,
-        origin="case" if linked else "community", created_by=actor)
+        origin=origin or ("case" if linked else "community"), created_by=actor)
     session.add(deliberation)
     session.flush()
     deliberation.number = f"SL{local(deliberation.created_at):%Y%m%d}{deliberation.id:04d}"
@@ -118,6 +119,19 @@ def create(*, session: Session, topic_type: str, title: str, description: str | 
     for case in linked:
         link_case(session, deliberation, case, actor=actor)
     return deliberation
+
+
+def open_topic(*, session: Session, topic_type: str, title: str | None, description: str | None, location: dict,
+               case_ids: list[int], actor: str, unit: Unit | None = None) -> tuple[Deliberation, bool]:
+    """确定议题, as `POST /api/deliberations` and the console's form record it: converting one case without a
+    location (`convert_case`: the same case again returns its deliberation, created False), else a new topic."""
+    if len(case_ids) == 1 and not location:
+        return convert_case(session=session, case_id=case_ids[0], topic_type=topic_type, title=title,
+                            description=description, actor=actor)
+    if not title:
+        raise Invalid("title", "required (unless one case is converted)")
+    return create(session=session, topic_type=topic_type, title=title, description=description, location=location,
+                  case_ids=case_ids, actor=actor, unit=unit), True
 
 
 def link_case(session: Session, deliberation: Deliberation, case: Case, *, actor: str) -> bool:
