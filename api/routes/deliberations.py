@@ -155,15 +155,21 @@ async def rsvp(deliberation_id: int, participant_id: int, body: Rsvp, actor: Sup
     return await run_in_threadpool(write)
 
 
+def session_record(body: SessionIn) -> dict:
+    """A session as `services.deliberations.record_session` takes it (the API and the console)."""
+    record = body.model_dump(exclude={"decision", "opinions"})
+    record["held_at"] = to_utc(body.held_at)
+    record["opinions"] = [o.model_dump() for o in body.opinions]
+    record["decision"] = body.decision.as_record() if body.decision else None
+    return record
+
+
 @router.post("/{deliberation_id}/sessions", status_code=201)
 async def record_session(deliberation_id: int, body: SessionIn, actor: SupervisorOrUnit):
     """组织商量: one round with attendance, minutes, opinions, options and maybe the decision (each of its items
     becomes a case to the item's unit). 409 naming the required participant types still missing."""
     _organiser(actor)
-    record = body.model_dump(exclude={"decision", "opinions"})
-    record["held_at"] = to_utc(body.held_at)
-    record["opinions"] = [o.model_dump() for o in body.opinions]
-    record["decision"] = body.decision.as_record() if body.decision else None
+    record = session_record(body)
     return await _record(deliberation_id, "session", lambda s: deliberations.record_session(
         session=s, deliberation_id=deliberation_id, body=record, actor=actor.name, unit=actor.unit))
 
