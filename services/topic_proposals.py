@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta
 
+from sqlalchemy import case, func
 from sqlmodel import Session, col, select
 
 from hotline.clock import iso, now
@@ -35,47 +36,48 @@ MAX_LINKED = 100  # the latest cases of a proposal linked to the topic (as POST 
 
 
 def proposals(session: Session, at: datetime | None = None) -> list[dict]:
-    """The proposed topics, biggest first (cases, then citizens, then place and category)."""
+    """The proposed topics, biggest first (cases, then citizens, then place and category). Counted in SQL (a busy
+    district has many cases in a window); only the groups that qualify are read case by case."""
     at = at or now()
     policy = policies.deliberation_policy()
     rule = policy.proposals
-    since = at - timedelta(days=rule.window_days)
-    linked = select(DeliberationCase.case_id)
-    rows = session.exec(select(Case).where(
-        col(Case.reported_at) >= since, col(Case.reported_at) <= at, Case.source != "deliberation",
-        col(Case.category).not_in(rule.exclude_categories), col(Case.id).not_in(linked),
-        (col(Case.community).is_not(None)) | (col(Case.street).is_not(None)))).all()
-    groups: dict[tuple[str, str], list[Case]] = {}
-    for case in rows:
-        place = case.community or case.street
-        groups.setdefault((place, case.category), []).append(case)
+    place = func.coalesce(Case.community, Case.street)
+    where = (col(Case.reported_at) >= at - timedelta(days=rule.window_days), col(Case.reported_at) <= at,
+             Case.source != "deliberation", col(Case.category).not_in(rule.exclude_categories),
+             col(Case.id).not_in(select(DeliberationCase.case_id)), place.is_not(None))
+    keyless = func.sum(case((col(Case.citizen_key).is_(None), 1), else_=0))
+    counted = session.exec(select(place, Case.category, func.count(), func.count(func.distinct(Case.citizen_key)),
+                                  keyless).where(*where).group_by(place, Case.category)
+                           .having(func.count() >= min(rule.hot_spot_min_cases, rule.repeat_min_cases))).all()
+    repeats = Counter()
+    for group_place, category, n in session.exec(
+            select(place, Case.category, func.count()).where(*where, col(Case.citizen_key).is_not(None))
+            .group_by(place, Case.category, Case.citizen_key).having(func.count() >= rule.repeat_min_cases)):
+        repeats[(group_place, category)] = max(repeats[(group_place, category)], n)
     busy = _places_deliberating(session)
     names = {u.code: u.name for u in session.exec(select(Unit))}
     labels = policies.categories()
     out = []
-    for (place, category), members in groups.items():
-        if place in busy:
+    for group_place, category, cases, keyed, unkeyed in counted:
+        if group_place in busy:
             continue
-        citizens = Counter(c.citizen_key or f"case-{c.id}" for c in members)
-        top_repeat = max((n for key, n in citizens.items() if not key.startswith("case-")), default=0)
-        reasons = []
-        if len(members) >= rule.hot_spot_min_cases and len(citizens) >= rule.hot_spot_min_citizens:
-            reasons.append(HOT_SPOT)
-        if top_repeat >= rule.repeat_min_cases:
-            reasons.append(REPEATED)
+        citizens, top_repeat = keyed + (unkeyed or 0), repeats[(group_place, category)]
+        reasons = ([HOT_SPOT] if cases >= rule.hot_spot_min_cases and citizens >= rule.hot_spot_min_citizens
+                   else []) + ([REPEATED] if top_repeat else [])
         if not reasons:
             continue
-        members.sort(key=lambda c: (c.reported_at, c.id))
+        members = session.exec(select(Case).where(*where, place == group_place, Case.category == category)
+                               .order_by(col(Case.reported_at), col(Case.id))).all()
         first = members[0]
         topic_type = rule.topic_type_for(category)
-        place_name = names.get(place, place)
+        place_name = names.get(group_place, group_place)
         label = labels.get(category, category)
         out.append({
-            "key": f"{place}/{category}", "reasons": reasons,
-            "reason_label": _reason_label(reasons, rule.window_days, len(members), len(citizens), top_repeat),
+            "key": f"{group_place}/{category}", "reasons": reasons,
+            "reason_label": _reason_label(reasons, rule.window_days, cases, citizens, top_repeat),
             "community": first.community, "street": first.street, "district": first.district,
-            "place": place, "place_name": place_name, "category": category, "category_label": label,
-            "cases": len(members), "citizens": len(citizens), "most_by_one_citizen": top_repeat,
+            "place": group_place, "place_name": place_name, "category": category, "category_label": label,
+            "cases": cases, "citizens": citizens, "most_by_one_citizen": top_repeat,
             "case_ids": [str(c.id) for c in members], "case_numbers": [c.number for c in members],
             "first_reported_at": iso(first.reported_at), "last_reported_at": iso(members[-1].reported_at),
             "topic_type": topic_type, "topic_label": policy.topic_types.get(topic_type, topic_type),
