@@ -190,6 +190,16 @@ class DeliberationCreate(Strict):
     case_ids: list[int] = Field(default_factory=list, max_length=100)
 
 
+class ProposalAdopt(Strict):
+    """Create a proposed topic (GET /api/deliberations/proposals) with its cases; topic type and title as proposed
+    unless given."""
+
+    key: str = Field(min_length=3, max_length=200, description="the proposal's key: <place>/<category>")
+    topic_type: str | None = Field(default=None, min_length=1, max_length=32)
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=10000)
+
+
 class ParticipantIn(Strict):
     type: str = Field(min_length=1, max_length=32)
     unit: str | None = Field(default=None, max_length=64)
@@ -221,6 +231,10 @@ class DecisionItemIn(Strict):
     unit: str = Field(min_length=1, max_length=64)
     description: str = Field(min_length=1, max_length=5000)
     urgency: Literal["normal", "urgent", "emergency"] | None = None
+    due_at: datetime | None = Field(default=None, description="the item's own deadline (with offset, in the future); "
+                                    "default: sla.yaml's time for decision items")
+
+    _due_at = field_validator("due_at")(lambda cls, v: _aware(v))
 
 
 class SessionDecision(Strict):

@@ -4,7 +4,9 @@
 Like a case run, it suspends (freeing its process) between steps. The organisers' records (invitations, sessions,
 the decision, the published result) and the deadline watch (all item cases closed) leave signals in our DB first,
 then resume the run, which starts again from the top: every step is idempotent against the DB, so a replay
-duplicates nothing. Each decision item is carried out as a case of its own, through intake, with its own case run.
+duplicates nothing. After each step it sends the deliberation's pending notices itself (`send_notices`: the
+invitations and the published result, through the delivery outbox); the deadline watch retries what fails.
+Each decision item is carried out as a case of its own, through intake, with its own case run.
 Its only parameter is the deliberation id: no participant or citizen details reach Prefect.
 """
 from __future__ import annotations
@@ -18,7 +20,9 @@ from prefect.input import RunInput
 from flows import NO_RESULTS
 from flows.waiting import suspend_as
 from models.deliberations import DeliberationStep
-from tasks.deliberation_tasks import carry_out_items, mark_answered, prepare_wait, settle_deliberation
+from tasks.deliberation_tasks import (
+    carry_out_items, mark_answered, prepare_wait, send_notices, settle_deliberation,
+)
 
 
 class DeliberationAnswer(RunInput):
@@ -31,9 +35,11 @@ class DeliberationAnswer(RunInput):
 @flow(name="deliberation", **NO_RESULTS, description="One deliberation from its topic to its feedback (大家商量着办).")
 async def deliberation_process(deliberation_id: int) -> str:
     while not (state := await settle_deliberation(deliberation_id))["concluded"]:
+        await send_notices(deliberation_id)                 # invitations recorded since the last round
         if state["step"] == DeliberationStep.carrying_out:
             await carry_out_items(deliberation_id)          # 办理事项: a case per item
         await wait_for_answer(deliberation_id, state)
+    await send_notices(deliberation_id)                     # the published result to the unit participants
     return f"concluded: {state['number']}"
 
 

@@ -37,6 +37,9 @@ class Case(SQLModel, table=True):
     # 指定承办: the unit a caller already decided at intake (a deliberation's decision item names its unit);
     # dispatch sends the first order there instead of asking the responsibility list
     directed_unit: str | None = Field(default=None, max_length=64)
+    # 限期办结 set by whoever recorded the case (a decision item's own due date): lead orders are due then instead
+    # of the sla.yaml time, while it is still ahead; None for ordinary cases
+    directed_due_at: datetime | None = None
     lead_unit: str | None = Field(default=None, max_length=64)
     owner_unit: str | None = Field(default=None, max_length=64)  # 首接负责: the first lead unit that accepted
     taken_over_by: str | None = None  # 包案: the leader who took the case over

@@ -119,6 +119,8 @@ class DecisionItem(SQLModel, table=True):
     unit: str = Field(foreign_key="unit.code", max_length=64)
     description: str
     urgency: str = Field(default="normal", max_length=16)
+    # the decision's own deadline for this item (e.g. "before 1 May"); None: sla.yaml's time for the item category
+    due_at: datetime | None = None
     case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
 
 

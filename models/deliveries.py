@@ -18,6 +18,8 @@ class Delivery(SQLModel, table=True):
     unit: str = Field(foreign_key="unit.code", index=True)
     case_id: int | None = Field(default=None, foreign_key="case.id", index=True)
     work_order_id: int | None = Field(default=None, foreign_key="workorder.id")
+    # a deliberation's notice (deliberation.invited / deliberation.result): its run sends them (deliver_due)
+    deliberation_id: int | None = Field(default=None, foreign_key="deliberation.id", index=True)
     event_type: str = Field(max_length=40)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     # pending (also while its unit's endpoint is disabled) | delivered | failed (a 4xx that is not retried)

@@ -347,7 +347,8 @@ async def send(client: httpx.AsyncClient, delivery_id: int, *, policy: DeliveryP
     return Sent(kind, code)
 
 
-def _due_by_unit(case_id: int | None, at: datetime, limit: int, per_unit: int) -> dict[str, list[int]]:
+def _due_by_unit(case_id: int | None, at: datetime, limit: int, per_unit: int,
+                 deliberation_id: int | None = None) -> dict[str, list[int]]:
     with session_scope() as session:
         rank = func.row_number().over(partition_by=Delivery.unit, order_by=Delivery.id).label("rn")
         query = select(Delivery.id, Delivery.unit, rank).where(
@@ -355,6 +356,8 @@ def _due_by_unit(case_id: int | None, at: datetime, limit: int, per_unit: int) -
             col(Delivery.unit).in_(_sendable_units()))
         if case_id is not None:
             query = query.where(Delivery.case_id == case_id)
+        if deliberation_id is not None:
+            query = query.where(Delivery.deliberation_id == deliberation_id)
         ranked = query.subquery()
         rows = session.exec(select(ranked.c.id, ranked.c.unit).where(ranked.c.rn <= per_unit)
                             .order_by(ranked.c.id).limit(limit)).all()
@@ -398,11 +401,11 @@ async def _unit_round(client: httpx.AsyncClient, unit: str, ids: list[int], poli
 
 
 async def deliver_due(case_id: int | None = None, *, at: datetime | None = None,
-                      policy: DeliveryPolicy | None = None) -> dict[str, int]:
-    """Send what is due (for one case, or all), units concurrently. Returns counts per outcome: delivered,
-    retry, failed, gone, dead_letter, skipped (left for the next round)."""
+                      policy: DeliveryPolicy | None = None, deliberation_id: int | None = None) -> dict[str, int]:
+    """Send what is due (for one case, one deliberation, or all), units concurrently. Returns counts per outcome:
+    delivered, retry, failed, gone, dead_letter, skipped (left for the next round)."""
     policy = policy or current_policy()
-    by_unit = await asyncio.to_thread(_due_by_unit, case_id, at or now(), 500, PER_UNIT_BATCH)
+    by_unit = await asyncio.to_thread(_due_by_unit, case_id, at or now(), 500, PER_UNIT_BATCH, deliberation_id)
     counts: Counter[str] = Counter({DELIVERED: 0, RETRY: 0, FAILED: 0})
     if not by_unit:
         return dict(counts)

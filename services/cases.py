@@ -10,7 +10,7 @@ Two kinds of callers:
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -86,14 +86,16 @@ def add_signal(session: Session, case_id: int, kind: str, dedupe_key: str | None
 
 
 def queue_delivery(session: Session, unit: Unit, event_type: str, data: dict, *, key: str,
-                   case: Case | None = None, work_order: WorkOrder | None = None) -> None:
-    """Write a webhook delivery; `key` makes it idempotent (a replay writes nothing new)."""
+                   case: Case | None = None, work_order: WorkOrder | None = None,
+                   deliberation_id: int | None = None) -> None:
+    """Write a webhook delivery; `key` makes it idempotent (a replay writes nothing new). `case` or
+    `deliberation_id` say whose run sends it (`deliver_due`); the deadline watch sends whatever is left."""
     msg_id = f"msg_{key}"
     if session.exec(select(Delivery.id).where(Delivery.msg_id == msg_id)).first():
         return
     session.add(Delivery(
         msg_id=msg_id, unit=unit.code, case_id=case.id if case else None,
-        work_order_id=work_order.id if work_order else None, event_type=event_type,
+        work_order_id=work_order.id if work_order else None, deliberation_id=deliberation_id, event_type=event_type,
         payload={"type": event_type, "timestamp": local(now()).isoformat(), "data": data},
         status="pending" if unit.webhook_url else "no_endpoint",
     ))
@@ -469,14 +471,25 @@ def _responded_in_time(leads: list[WorkOrder], unit: str | None) -> bool:
 
 # ---------------------------------------------------------------- helpers
 
+def _directed_due(case: Case) -> datetime | None:
+    """The case's own deadline (限期办结, aware UTC; SQLite returns it naive), or None."""
+    fixed = case.directed_due_at
+    return fixed.replace(tzinfo=timezone.utc) if fixed is not None and fixed.tzinfo is None else fixed
+
+
 def _assign(session: Session, case: Case, unit: Unit, *, reason: str, role: str = "lead") -> WorkOrder:
     sla_policy = policies.sla_policy()
     sla = sla_policy.for_case(case.urgency, case.category)
     if reason == "escalation":  # each level of the ladder has its own allowed time
         sla = policies.escalation_policy().levels.get(unit.level) or sla
     at, calendar = now(), policies.calendar()
-    wo = WorkOrder(case_id=case.id, unit=unit.code, role=role, reason=reason,
-                   respond_by=sla.respond_within.after(at, calendar), due_at=sla.due_within.after(at, calendar))
+    respond_by, due_at = sla.respond_within.after(at, calendar), sla.due_within.after(at, calendar)
+    fixed = _directed_due(case)
+    if fixed is not None and role == "lead" and reason != "escalation" and fixed > at:
+        # 限期办结: the case's own deadline (a decision item's due date) replaces the sla.yaml time; the ladder's
+        # levels keep their own times once it has lapsed and escalated
+        due_at, respond_by = fixed, min(respond_by, fixed)
+    wo = WorkOrder(case_id=case.id, unit=unit.code, role=role, reason=reason, respond_by=respond_by, due_at=due_at)
     wo.next_reminder_at = _reminder_at(wo, at, sla_policy.reminders, 0)
     session.add(wo)
     session.flush()

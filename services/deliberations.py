@@ -13,7 +13,7 @@ Two kinds of callers:
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlmodel import Session, col, func, select
@@ -86,9 +86,10 @@ def _place_label(deliberation: Deliberation) -> str:
 # ---------------------------------------------------------------- 确定议题: the topic
 
 def create(*, session: Session, topic_type: str, title: str, description: str | None, location: dict,
-           case_ids: list[int], actor: str, unit: Unit | None = None) -> Deliberation:
+           case_ids: list[int], actor: str, unit: Unit | None = None, origin: str | None = None) -> Deliberation:
     """A topic proposed by a community or street (`unit`), or by a supervisor converting cases (`case_ids`):
-    the cases are linked and their citizens told that the case continues as a deliberation."""
+    the cases are linked and their citizens told that the case continues as a deliberation. `origin` (default:
+    `case` with cases, else `community`) says where the topic came from, e.g. `hot_spot` (services.topic_proposals)."""
     policy = policies.deliberation_policy()
     if topic_type not in policy.topic_types:
         raise Invalid("topic_type", f"one of {sorted(policy.topic_types)} ({'、'.join(policy.topic_types.values())})")
@@ -108,7 +109,7 @@ def create(*, session: Session, topic_type: str, title: str, description: str | 
     deliberation = Deliberation(
         topic_type=topic_type, title=title, description=description, location=location,
         district=place.district, street=place.street, community=place.community,
-        origin="case" if linked else "community", created_by=actor)
+        origin=origin or ("case" if linked else "community"), created_by=actor)
     session.add(deliberation)
     session.flush()
     deliberation.number = f"SL{local(deliberation.created_at):%Y%m%d}{deliberation.id:04d}"
@@ -118,6 +119,19 @@ def create(*, session: Session, topic_type: str, title: str, description: str | 
     for case in linked:
         link_case(session, deliberation, case, actor=actor)
     return deliberation
+
+
+def open_topic(*, session: Session, topic_type: str, title: str | None, description: str | None, location: dict,
+               case_ids: list[int], actor: str, unit: Unit | None = None) -> tuple[Deliberation, bool]:
+    """确定议题, as `POST /api/deliberations` and the console's form record it: converting one case without a
+    location (`convert_case`: the same case again returns its deliberation, created False), else a new topic."""
+    if len(case_ids) == 1 and not location:
+        return convert_case(session=session, case_id=case_ids[0], topic_type=topic_type, title=title,
+                            description=description, actor=actor)
+    if not title:
+        raise Invalid("title", "required (unless one case is converted)")
+    return create(session=session, topic_type=topic_type, title=title, description=description, location=location,
+                  case_ids=case_ids, actor=actor, unit=unit), True
 
 
 def link_case(session: Session, deliberation: Deliberation, case: Case, *, actor: str) -> bool:
@@ -207,7 +221,8 @@ def _invite_one(session: Session, deliberation: Deliberation, p: dict, type_labe
             "participant_id": str(participant.id), "participant_type": p["type"], "type_label": type_label,
             "location": deliberation.location,
             "rsvp_url": f"{get_settings().base_url}/api/deliberations/{deliberation.id}/participants/"
-                        f"{participant.id}/rsvp"}, key=f"delib{deliberation.id}-p{participant.id}-invited")
+                        f"{participant.id}/rsvp"}, key=f"delib{deliberation.id}-p{participant.id}-invited",
+            deliberation_id=deliberation.id)
     else:
         participant.invitation_text = render(
             "deliberation_invitation.txt.j2", name=name, place=_place_label(deliberation), number=deliberation.number,
@@ -291,7 +306,7 @@ def record_session(*, session: Session, deliberation_id: int, body: dict, actor:
            actor=actor, session_id=row.id, seq=seq, opinions=len(row.opinions), decided=bool(decision))
     for n, item in enumerate(items, start=1):
         session.add(DecisionItem(deliberation_id=deliberation.id, session_id=row.id, seq=n, unit=item["unit"],
-                                 description=item["description"], urgency=item["urgency"]))
+                                 description=item["description"], urgency=item["urgency"], due_at=item["due_at"]))
     if decision:
         record(session, deliberation, "decided", _decision_note(decision, len(items)), actor=actor, session_id=row.id,
                method=decision["method"], items=len(items))
@@ -313,8 +328,25 @@ def _check_decision(session: Session, decision: dict) -> list[dict]:
         if session.get(Unit, item["unit"]) is None:
             raise Invalid(f"decision.items.{i}.unit", f"unknown unit {item['unit']!r}")
         items.append({"unit": item["unit"], "description": item["description"],
-                      "urgency": item.get("urgency") or default_urgency})
+                      "urgency": item.get("urgency") or default_urgency,
+                      "due_at": item_due_at(item.get("due_at"), f"decision.items.{i}.due_at")})
     return items
+
+
+def item_due_at(value: datetime | str | None, field: str) -> datetime | None:
+    """An item's own due date (限期: "before 1 May"): optional; with an offset, in the future. Aware UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise Invalid(field, f"not a date and time: {value!r} (e.g. 2027-05-01T00:00:00+08:00)") from None
+    if value.tzinfo is None:
+        raise Invalid(field, "must carry a UTC offset, e.g. 2027-05-01T00:00:00+08:00")
+    if value <= now():
+        raise Invalid(field, f"must be in the future (it is {iso(value)})")
+    return value.astimezone(timezone.utc)
 
 
 def _decision_note(decision: dict, items: int) -> str:
@@ -367,7 +399,7 @@ def _tell_result(session: Session, deliberation: Deliberation, publicity: Public
             cases.queue_delivery(session, session.get(Unit, participant.unit), "deliberation.result", {
                 "deliberation_number": deliberation.number, "title": deliberation.title, "text": text,
                 "published_at": iso(publicity.published_at), "place": publicity.place},
-                key=f"delib{deliberation.id}-pub{publicity.id}-p{participant.id}")
+                key=f"delib{deliberation.id}-pub{publicity.id}-p{participant.id}", deliberation_id=deliberation.id)
     for link in session.exec(select(DeliberationCase).where(DeliberationCase.deliberation_id == deliberation.id)):
         case = cases.lock_case(session, link.case_id)
         cases.record(session, case, "deliberation.result", f"商量结果已反馈: {deliberation.number}", actor=actor,
@@ -476,7 +508,7 @@ def item_intakes(session: Session, deliberation_id: int) -> list[tuple[int, dict
         "source": "deliberation", "source_ref": f"{deliberation.number}-item-{item.seq}", "category": category,
         "title": f"商量事项 {deliberation.number}-{item.seq}: {deliberation.title}", "description": item.description,
         "urgency": item.urgency, "location": dict(deliberation.location or {}), "anonymous": True,
-        "reported_at": now(), "directed_unit": item.unit,
+        "reported_at": now(), "directed_unit": item.unit, "directed_due_at": item.due_at,
     }) for item in _items(session, deliberation) if item.case_id is None]
 
 
@@ -597,7 +629,7 @@ def detail(session: Session, deliberation_id: int) -> dict | None:
 def _item_view(session: Session, item: DecisionItem) -> dict:
     case = session.get(Case, item.case_id) if item.case_id else None
     return {"item_id": str(item.id), "seq": item.seq, "unit": item.unit, "description": item.description,
-            "urgency": item.urgency, "case_id": str(case.id) if case else None,
+            "urgency": item.urgency, "due_at": iso(item.due_at), "case_id": str(case.id) if case else None,
             "case_number": case.number if case else None, "case_status": case.status if case else None,
             "lead_unit": case.lead_unit if case else None}
 

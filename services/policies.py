@@ -250,11 +250,29 @@ class DeliberationItems(BaseModel):
     urgency: Literal["normal", "urgent", "emergency"] = "normal"
 
 
+class DeliberationProposals(BaseModel):
+    """议题建议: when a place's requests are proposed as a deliberation topic (services.topic_proposals). Cases
+    reported in the last `window_days` at one community (its street when the community is unknown) about one
+    category form a hot spot with at least `hot_spot_min_cases` cases from `hot_spot_min_citizens` citizens, or
+    repeated requests when one citizen (the keyed phone hash of repeats.py) made `repeat_min_cases` of them."""
+
+    window_days: int = Field(30, ge=1, le=365)
+    hot_spot_min_cases: int = Field(5, ge=2)
+    hot_spot_min_citizens: int = Field(3, ge=1)
+    repeat_min_cases: int = Field(3, ge=2)
+    exclude_categories: list[str] = Field(default_factory=lambda: ["enquiry", "deliberation_item"])
+    topic_types: dict[str, str] = Field(default_factory=dict)  # category (or `default`) -> suggested topic type
+
+    def topic_type_for(self, category: str) -> str:
+        return self.topic_types.get(category) or self.topic_types.get("default") or "public_affairs"
+
+
 class DeliberationPolicy(BaseModel):
     topic_types: dict[str, str]
     participant_types: dict[str, ParticipantType]
     required: dict[str, list[str]] = Field(default_factory=dict)  # topic type (or `default`) -> participant types
     items: DeliberationItems
+    proposals: DeliberationProposals = Field(default_factory=DeliberationProposals)
 
     @model_validator(mode="after")
     def _known(self):
@@ -265,6 +283,12 @@ class DeliberationPolicy(BaseModel):
             if unknown:
                 raise ValueError(f"required.{topic}: unknown participant types {unknown}; "
                                  f"known: {sorted(self.participant_types)}")
+        for category, topic in self.proposals.topic_types.items():
+            if topic not in self.topic_types:
+                raise ValueError(f"proposals.topic_types.{category}: {topic!r} is not a topic type; "
+                                 f"known: {sorted(self.topic_types)}")
+        if "public_affairs" not in self.topic_types and "default" not in self.proposals.topic_types:
+            raise ValueError("proposals.topic_types.default: required when there is no public_affairs topic type")
         return self
 
     def required_for(self, topic_type: str) -> list[str]:
@@ -273,8 +297,14 @@ class DeliberationPolicy(BaseModel):
 
 def _item_category(policy: DeliberationPolicy, policy_dir: Path) -> list[str]:
     known = categories(policy_dir)
-    return [] if policy.items.category in known else [
+    problems = [] if policy.items.category in known else [
         f"items.category: unknown category {policy.items.category!r} (categories.yaml)"]
+    proposals = policy.proposals
+    problems += [f"proposals.exclude_categories: unknown category {c!r} (categories.yaml)"
+                 for c in proposals.exclude_categories if c not in known]
+    problems += [f"proposals.topic_types.{c}: unknown category (categories.yaml)"
+                 for c in proposals.topic_types if c != "default" and c not in known]
+    return problems
 
 
 # The last good version of each policy file is kept under <home>/policies-last-good/ (per policy folder): a

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import asyncio
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from hotline.db import read_scope, session_scope
+from notifications.webhooks import deliver_due
 from services import deliberations, intake
 from tasks.case_tasks import in_session, step
 
@@ -32,6 +36,14 @@ async def carry_out_items(deliberation_id: int) -> list[str]:
         await in_session(deliberations.link_item_case, item_id, received.case.id)
         numbers.append(received.case.number)
     return numbers
+
+
+@task(name="send-deliberation-notices", cache_policy=NO_CACHE)
+async def send_notices(deliberation_id: int) -> dict[str, int]:
+    """Send this deliberation's due webhooks (邀请 `deliberation.invited`, 结果 `deliberation.result`) now, as the case
+    flow sends its work orders. Idempotent: only pending deliveries are sent, each leased by one sender, so a
+    replay or the deadline watch (the safety net for what fails here) never sends a delivered notice again."""
+    return await deliver_due(deliberation_id=deliberation_id)
 
 
 @step(name="prepare-wait")

@@ -129,7 +129,7 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
     told = [t for t in env.case(created["case_id"])["timeline"] if t["kind"] == "deliberation.result"]
     assert len(told) == 1 and "路灯已更换" in told[0]["data"]["message"]
     [result] = wait_for(lambda: env.receiver.of(unit="property_co", type="deliberation.result"), len,
-                        "the result webhook (sent by the watch's next round)")
+                        "the result webhook (sent by the deliberation run, or the watch as the safety net)")
     assert "路灯已更换" in result.data["text"]
     run = env.flow_run(run_id)
     assert "王大爷" not in str(run) and "陈阿姨" not in str(run)

@@ -10,14 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import Actor, StaffOrUnit, SupervisorOrUnit
-from api.schemas import DeliberationCreate, Invitations, PublicityIn, ResidentEvaluationIn, Rsvp, SessionIn
+from api.schemas import (
+    DeliberationCreate, Invitations, ProposalAdopt, PublicityIn, ResidentEvaluationIn, Rsvp, SessionIn,
+)
 from flows.control import start_deliberation_flow, wake_soon
 from hotline.clock import to_utc
 from hotline.db import read_scope, session_scope
 from models import Deliberation
 from models.deliberations import DeliberationStep
-from services import deliberations
-from services.cases import Invalid
+from services import deliberations, topic_proposals
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/deliberations", tags=["deliberations"])
@@ -31,7 +32,8 @@ def _organiser(actor: Actor) -> None:
         raise HTTPException(403, "only a community or a street organises deliberations")
 
 
-async def _start(deliberation: Deliberation) -> None:
+async def start_run(deliberation: Deliberation) -> None:
+    """Start the new deliberation's flow run, bounded (the API and the console do this after recording a topic)."""
     if deliberation.flow_run_id:
         return
     try:
@@ -66,18 +68,12 @@ async def create(body: DeliberationCreate, actor: SupervisorOrUnit):
 
     def write() -> tuple[Deliberation, bool]:
         with session_scope() as session:
-            if len(body.case_ids) == 1 and not body.location.model_dump(exclude_none=True):
-                return deliberations.convert_case(session=session, case_id=body.case_ids[0],
-                                                  topic_type=body.topic_type, title=body.title,
-                                                  description=body.description, actor=actor.name)
-            if body.title is None:
-                raise Invalid("title", "required (unless one case is converted)")
-            return deliberations.create(
+            return deliberations.open_topic(
                 session=session, topic_type=body.topic_type, title=body.title, description=body.description,
                 location=body.location.model_dump(exclude_none=True), case_ids=body.case_ids, actor=actor.name,
-                unit=actor.unit), True
+                unit=actor.unit)
     deliberation, created = await run_in_threadpool(write)
-    await _start(deliberation)
+    await start_run(deliberation)
     found = await run_in_threadpool(_detail, deliberation.id)
     return JSONResponse(found, status_code=201 if created else 200)
 
@@ -90,6 +86,36 @@ async def listing(_actor: StaffOrUnit, step: DeliberationStep | None = None, lim
         unit = _actor.unit
         return [r for r in rows if unit is None or unit.code in (r["community"], r["street"])]
     return await run_in_threadpool(read)
+
+
+def _proposals(actor: Actor) -> list[dict]:
+    with read_scope() as session:
+        found = topic_proposals.proposals(session)
+    unit = actor.unit
+    return [p for p in found if unit is None or unit.code in (p["community"], p["street"])]
+
+
+@router.get("/proposals")
+async def proposals(actor: StaffOrUnit) -> list[dict]:
+    """议题建议: topics proposed from hot spots and repeated requests (policy `deliberation.yaml` `proposals`), biggest
+    first; places with an open deliberation are left out. A community or street sees its own area's."""
+    return await run_in_threadpool(_proposals, actor)
+
+
+@router.post("/proposals", status_code=201)
+async def adopt_proposal(body: ProposalAdopt, actor: SupervisorOrUnit):
+    """Create the proposed topic with its cases (a supervisor's, as converting cases): their citizens are told on
+    their case's timeline. 409 when the place has an open deliberation meanwhile or the proposal is gone."""
+    if actor.unit is not None:
+        raise HTTPException(403, "a supervisor creates a topic with cases")
+
+    def write() -> Deliberation:
+        with session_scope() as session:
+            return topic_proposals.adopt(session=session, key=body.key, actor=actor.name, topic_type=body.topic_type,
+                                         title=body.title, description=body.description)
+    deliberation = await run_in_threadpool(write)
+    await start_run(deliberation)
+    return await run_in_threadpool(_detail, deliberation.id)
 
 
 def _detail(deliberation_id: int) -> dict | None:
@@ -129,15 +155,21 @@ async def rsvp(deliberation_id: int, participant_id: int, body: Rsvp, actor: Sup
     return await run_in_threadpool(write)
 
 
+def session_record(body: SessionIn) -> dict:
+    """A session as `services.deliberations.record_session` takes it (the API and the console)."""
+    record = body.model_dump(exclude={"decision", "opinions"})
+    record["held_at"] = to_utc(body.held_at)
+    record["opinions"] = [o.model_dump() for o in body.opinions]
+    record["decision"] = body.decision.as_record() if body.decision else None
+    return record
+
+
 @router.post("/{deliberation_id}/sessions", status_code=201)
 async def record_session(deliberation_id: int, body: SessionIn, actor: SupervisorOrUnit):
     """组织商量: one round with attendance, minutes, opinions, options and maybe the decision (each of its items
     becomes a case to the item's unit). 409 naming the required participant types still missing."""
     _organiser(actor)
-    record = body.model_dump(exclude={"decision", "opinions"})
-    record["held_at"] = to_utc(body.held_at)
-    record["opinions"] = [o.model_dump() for o in body.opinions]
-    record["decision"] = body.decision.as_record() if body.decision else None
+    record = session_record(body)
     return await _record(deliberation_id, "session", lambda s: deliberations.record_session(
         session=s, deliberation_id=deliberation_id, body=record, actor=actor.name, unit=actor.unit))
 
