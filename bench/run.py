@@ -91,7 +91,7 @@ class Bench:
         if args.topology == "scaled":
             from hotline.topology import scaled
             args.postgres, args.executor = True, "inprocess"
-            self.stack, dbs = scaled(self.home, policy_dir=policy_dir, watch_interval_seconds=2,
+            self.stack, dbs = scaled(self.home, policy_dir=policy_dir, watch_interval_seconds=args.watch_seconds,
                                      api_port=free_port(), prefect_port=free_port())
             self.cleanup, self.db_url = dbs.drop, dbs.ours
         elif args.postgres:
@@ -101,7 +101,7 @@ class Bench:
         if args.topology != "scaled":
             self.db_url = db_url or f"sqlite:///{self.home / 'hotline.db'}"
             self.stack = Stack(home=self.home, api_port=free_port(), prefect_port=free_port(), database_url=db_url,
-                               prefect_database_url=prefect_url, policy_dir=policy_dir, watch_interval_seconds=2,
+                               prefect_database_url=prefect_url, policy_dir=policy_dir, watch_interval_seconds=args.watch_seconds,
                                executor=args.executor, quiet=True)
         self.receiver = Receiver(port=free_port())
         self.figures: list[Figure] = []
@@ -379,14 +379,15 @@ class Bench:
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
             ("- Topology: **scaled** (hotline/topology.py) — two Prefect API servers and a separate services "
              "process on Postgres with Redis messaging, two in-process executors (one per Prefect server), our API "
-             "as two uvicorn workers, our DB on Postgres; deadline watch every 2 s; webhooks to a local receiver "
-             "that answers the bench's cases at once." if a.topology == "scaled" else
+             f"as two uvicorn workers, our DB on Postgres; intake answers once the case is recorded; deadline watch "
+             f"every {a.watch_seconds} s; webhooks to a local receiver that answers the bench's cases at once."
+             if a.topology == "scaled" else
             f"- Topology: Prefect server ({'Postgres' if a.postgres else 'SQLite'}), "
             + ("the in-process executor (one event loop, flows/executor.py)" if a.executor == "inprocess"
                else "`serve` (a subprocess per flow run)")
             + ", one API process (uvicorn); our DB on "
-            f"{'Postgres' if a.postgres else 'SQLite'}; deadline watch every 2 s; webhooks to a local receiver "
-            f"that answers the bench's cases at once."),
+            f"{'Postgres' if a.postgres else 'SQLite'}; deadline watch every {a.watch_seconds} s; webhooks to a local "
+            f"receiver that answers the bench's cases at once."),
             f"- Sizes: {a.baseline_runs} baseline runs, {a.lifecycles} lifecycles, burst {a.burst}, "
             f"{a.latency_cases} latency cases, {a.open_cases:,} extra open cases, {a.escalation_cases} escalations.",
             "",
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-cases", type=int, default=30)
     p.add_argument("--open-cases", type=int, default=100_000)
     p.add_argument("--escalation-cases", type=int, default=20)
+    p.add_argument("--watch-seconds", type=int, default=10,
+                   help="the deadline watch's interval (the embedded default's; escalation latency follows it)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "performance.md")
     a = p.parse_args(argv)
     if a.smoke:

@@ -28,16 +28,18 @@ import os
 import secrets
 import signal
 import socket
+from contextlib import contextmanager
 from datetime import timedelta
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, FlowRunFilterState,
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.exceptions import Abort, Pause
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
@@ -93,14 +95,19 @@ class Executor:
         log.info("executor %s serves %s", self.id, ", ".join(sorted(f.name for f in self.flows.values())))
 
     async def run(self) -> None:
+        _without_suspension_observer()
         await self.start()
-        async with get_client() as client:
-            loops = [asyncio.create_task(self._poll_loop(client)), asyncio.create_task(self._watch_loop(client))]
-            await self.stopping.wait()
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await self._drain(client)
+        # one Prefect client of each kind for the whole process: the engine reuses a client from the context
+        # instead of building one (and its TLS context) for each execution (docs/performance.md)
+        with SyncClientContext.get_or_create():
+            async with AsyncClientContext.get_or_create() as context:
+                client = context.client
+                loops = [asyncio.create_task(self._poll_loop(client)), asyncio.create_task(self._watch_loop(client))]
+                await self.stopping.wait()
+                for loop in loops:
+                    loop.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                await self._drain(client)
         await asyncio.to_thread(self._retire)
         log.info("executor %s stopped: %s", self.id, self.counts)
 
@@ -281,6 +288,25 @@ class Executor:
             flow_run = await client.read_flow_run(run_id)
             if not flow_run.state.is_final() and not flow_run.state.is_paused():
                 await self._hand_back(client, flow_run, f"executor {self.id} stopped")
+
+
+def _without_suspension_observer() -> None:
+    """Prefect 3.8's engine starts, for every execution of a deployment's run, a thread with its own event loop,
+    client and events subscription, only to notice a suspension requested from outside the run. Our runs suspend
+    themselves (flows/waiting.py) and an operator stops one by cancelling it (handled above), so the executor's
+    runs go without that observer: it cost about an eighth of the executor's CPU and a websocket subscription on
+    the server per execution (docs/performance.md). A suspension requested from outside takes effect at the run's
+    next state change instead."""
+    import prefect.flow_engine as engine
+    if not hasattr(engine, "observe_flow_run_suspension"):
+        log.warning("prefect.flow_engine has no observe_flow_run_suspension: nothing to turn off")
+        return
+
+    @contextmanager
+    def unobserved(*_args, **_kwargs):
+        yield
+
+    engine.observe_flow_run_suspension = unobserved
 
 
 async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:

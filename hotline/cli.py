@@ -79,15 +79,16 @@ def run_demo(home: Path = typer.Option(None, help="data folder (default ./.hotli
 @app.command("scaled")
 def run_scaled(home: Path = typer.Option(None, help="data folder for logs (default ./.hotline-scaled)"),
                executors: int = 2, api_workers: int = 2, prefect_servers: int = 2,
-               redis_url: str = typer.Option("redis://127.0.0.1:6379/0", help="Redis for Prefect's messaging"),
+               redis_url: str = typer.Option(None, help="Redis database for Prefect's messaging, emptied at start "
+                                                        "(default redis://127.0.0.1:6379/15)"),
                api_port: int = 8000, prefect_port: int = 4200) -> None:
     """The scaled shape on this machine (hotline/topology.py): Prefect on Postgres with separate services and
     Redis, several executors and API workers. Fresh databases on the local Postgres, dropped on exit."""
-    from hotline.topology import scaled
+    from hotline.topology import REDIS_URL, scaled
 
     home = (home or get_settings().home.with_name(".hotline-scaled")).resolve()
     stack, dbs = scaled(home, executors=executors, api_workers=api_workers, prefect_servers=prefect_servers,
-                        redis_url=redis_url, api_port=api_port, prefect_port=prefect_port)
+                        redis_url=redis_url or REDIS_URL, api_port=api_port, prefect_port=prefect_port)
     typer.echo(f"starting the scaled shape in {home}: {prefect_servers} Prefect servers + services, "
                f"{executors} executors, {api_workers} API workers …")
     try:

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import redis
 
 from hotline.runtime import Stack, free_port
 
 POSTGRES = os.environ.get("HOTLINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+# the scaled shape owns this Redis database and empties it at start (see ScaledStack.start)
+REDIS_URL = os.environ.get("HOTLINE_SCALED_REDIS", "redis://127.0.0.1:6379/15")
 
 
 def redis_settings(url: str) -> dict[str, str]:
@@ -68,7 +71,7 @@ class Databases:
 @dataclass
 class ScaledStack(Stack):
     """The Stack's processes in the scaled shape (see the module docstring)."""
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = REDIS_URL
     prefect_servers: int = 2
     executors: int = 2
     api_workers: int = 2
@@ -89,6 +92,9 @@ class ScaledStack(Stack):
 
     def start(self) -> "ScaledStack":
         self.home.mkdir(parents=True, exist_ok=True)
+        # Prefect's database is new, so its Redis state must be too: the event streams and consumer groups of an
+        # earlier run would be replayed against it (task runs of flow runs it never had, retried forever)
+        redis.Redis.from_url(self.redis_url).flushdb()
         py = sys.executable
         for i, port in enumerate(self.prefect_ports):  # the first migrates the database, the others wait for it
             env = self.env(port) | ({} if i == 0 else {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"})
@@ -119,7 +125,7 @@ class ScaledStack(Stack):
 
 
 def scaled(home: Path, *, executors: int = 2, api_workers: int = 2, prefect_servers: int = 2,
-           redis_url: str = "redis://127.0.0.1:6379/0", policy_dir: Path | None = None,
+           redis_url: str = REDIS_URL, policy_dir: Path | None = None,
            watch_interval_seconds: int = 10, api_port: int = 8000, prefect_port: int = 4200,
            ) -> tuple[ScaledStack, Databases]:
     """A ScaledStack on fresh Postgres databases (drop them with `Databases.drop` after `stop`)."""
