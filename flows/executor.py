@@ -32,19 +32,18 @@ from contextlib import contextmanager
 from datetime import timedelta
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, FlowRunFilterState,
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.exceptions import Abort, Pause
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
 from prefect.states import Cancelled, Crashed, Pending, Scheduled
-from prefect.utilities.engine import propose_state
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -60,6 +59,8 @@ log = logging.getLogger("hotline.executor")
 
 # flows whose runs may simply run again from the top after a crash (every step idempotent against our DB)
 REPLAYABLE = {case_lifecycle.name, deliberation_process.name}
+CLAIM_TIMEOUT = 20  # seconds for one claim
+POLL_TIMEOUT = 60  # seconds for one polling round: nothing may hold the claiming of every other run
 REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)
 
 
@@ -96,18 +97,15 @@ class Executor:
 
     async def run(self) -> None:
         _without_suspension_observer()
+        _one_tls_context()
         await self.start()
-        # one Prefect client of each kind for the whole process: the engine reuses a client from the context
-        # instead of building one (and its TLS context) for each execution (docs/performance.md)
-        with SyncClientContext.get_or_create():
-            async with AsyncClientContext.get_or_create() as context:
-                client = context.client
-                loops = [asyncio.create_task(self._poll_loop(client)), asyncio.create_task(self._watch_loop(client))]
-                await self.stopping.wait()
-                for loop in loops:
-                    loop.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
-                await self._drain(client)
+        async with get_client() as client:
+            loops = [asyncio.create_task(self._poll_loop(client)), asyncio.create_task(self._watch_loop(client))]
+            await self.stopping.wait()
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._drain(client)
         await asyncio.to_thread(self._retire)
         log.info("executor %s stopped: %s", self.id, self.counts)
 
@@ -119,9 +117,9 @@ class Executor:
     async def _poll_loop(self, client: PrefectClient) -> None:
         while True:
             try:
-                await self.poll_once(client)
-            except Exception as exc:  # Prefect unreachable for a moment: try again on the next tick
-                log.warning("polling for scheduled runs failed: %s", exc)
+                await asyncio.wait_for(self.poll_once(client), POLL_TIMEOUT)
+            except Exception as exc:  # Prefect unreachable or stuck for a moment: try again on the next tick
+                log.warning("polling for scheduled runs failed: %s", exc or "timed out")
             await asyncio.sleep(self.poll_seconds)
 
     async def poll_once(self, client: PrefectClient) -> int:
@@ -133,8 +131,8 @@ class Executor:
             deployment_ids=list(self.flows), scheduled_before=now(), limit=free)
         due.sort(key=lambda r: (r.next_scheduled_start_time is None, r.next_scheduled_start_time))
         started = 0
-        for flow_run in due:
-            if flow_run.id in self.running or not await self._claim(client, flow_run):
+        for listed in due:
+            if listed.id in self.running or (flow_run := await self._claim(client, listed)) is None:
                 continue
             task = asyncio.create_task(self._execute(flow_run), name=f"flow-run-{flow_run.id}")
             self.running[flow_run.id] = task
@@ -142,20 +140,23 @@ class Executor:
             started += 1
         return started
 
-    async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> bool:
-        """Propose Pending: the server accepts it for one claimant only. Then mark the run as ours."""
-        try:
-            state = await propose_state(client, Pending(), flow_run_id=flow_run.id)
-        except Abort:
-            return False  # another executor claimed it, or a concurrency limit refused it
+    async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> FlowRun | None:
+        """Propose Pending: the server accepts it for one claimant only. Then mark the run as ours and read it again.
+
+        The run as listed may be stale by the time it is claimed (claims go one by one): another executor may have
+        run it, paused it and had it resumed meanwhile. Prefect's engine writes the run's `empirical_policy` back
+        from the object it is given, so a stale one would erase the pause keys that make a replayed wait return
+        its answer, and the run would wait again for an answer it already had."""
+        try:  # one proposal, never a wait: a run the server asks us to wait for is left for a later poll
+            response = await asyncio.wait_for(client.set_flow_run_state(flow_run.id, Pending()), CLAIM_TIMEOUT)
         except Exception as exc:
-            log.warning("could not claim flow run %s: %s", flow_run.id, exc)
-            return False
-        if not state.is_pending():
-            return False
+            log.warning("could not claim flow run %s: %s", flow_run.id, exc or "timed out")
+            return None
+        if response.status != SetStateStatus.ACCEPT or not response.state or not response.state.is_pending():
+            return None  # another executor claimed it, a concurrency limit refused it, or not yet (WAIT)
         await client.update_flow_run(flow_run.id, infrastructure_pid=self.id)
         self.counts["claimed"] += 1
-        return True
+        return await client.read_flow_run(flow_run.id)
 
     async def _execute(self, flow_run: FlowRun) -> None:
         """Run one claimed run through Prefect's engine; a pause (suspension) simply ends this execution."""
@@ -307,6 +308,29 @@ def _without_suspension_observer() -> None:
         yield
 
     engine.observe_flow_run_suspension = unobserved
+
+
+def _one_tls_context() -> None:
+    """Prefect's engine builds a client for each execution (and a second, synchronous one), and each client builds
+    a new TLS context, loading the whole CA bundle: over a third of the executor's CPU in a profile. A TLS context
+    is made to be shared, so this process builds one per CA file and reuses it. (Sharing one client instead left
+    an executor's connection pool stuck under load: Prefect's engine expects a client of its own.)"""
+    import ssl
+    from functools import lru_cache
+
+    import prefect.client.orchestration as orchestration
+    if getattr(orchestration, "ssl", None) is not ssl:
+        log.warning("prefect.client.orchestration builds its TLS context differently: left as it is")
+        return
+
+    class SharedTLS:
+        """`ssl`, but create_default_context made once per arguments."""
+        create_default_context = staticmethod(lru_cache(maxsize=8)(ssl.create_default_context))
+
+        def __getattr__(self, name):
+            return getattr(ssl, name)
+
+    orchestration.ssl = SharedTLS()
 
 
 async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
