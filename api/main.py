@@ -14,6 +14,7 @@ from api.routes import (
 )
 from sqlmodel import select
 
+from flows.control import share_tls_context
 from hotline.db import init_db, read_scope
 from models import Unit
 from services import policies
@@ -41,6 +42,7 @@ def create_app() -> FastAPI:
 
     @app.on_event("startup")
     def _startup() -> None:
+        share_tls_context()  # our calls to Prefect (start a run, resume one) each build a client
         init_db()
         with read_scope() as session:
             units = set(session.exec(select(Unit.code)).all())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from functools import lru_cache
 from uuid import UUID
 
 from prefect.artifacts import acreate_markdown_artifact
@@ -109,3 +111,26 @@ async def show_stage(flow_run_id: str, view: RunView) -> None:
                                     description=f"{view.stage}: the case's work orders, escalations and timeline")
     async with get_client() as client:  # tags last: a run tagged with a stage has that stage's artifact
         await client.update_flow_run(UUID(str(flow_run_id)), tags=view.tags)
+
+
+class _SharedTLS:
+    """The `ssl` module as Prefect's client module sees it, but create_default_context made once per arguments."""
+    create_default_context = staticmethod(lru_cache(maxsize=8)(ssl.create_default_context))
+
+    def __getattr__(self, name):
+        return getattr(ssl, name)
+
+
+def share_tls_context() -> None:
+    """Every Prefect client builds a new TLS context, loading the whole CA bundle (even for an http:// API), and
+    Prefect makes a client per flow execution (two, with the synchronous one) and per call from our API: over a
+    third of the executor's CPU in a profile (docs/performance.md). A TLS context is made to be shared, so the
+    process builds one per CA file and reuses it. Called once at start by the executor and the API.
+    (Sharing one client instead left an executor's connection pool stuck under load.)"""
+    import prefect.client.orchestration as orchestration
+    if isinstance(orchestration.__dict__.get("ssl"), _SharedTLS):
+        return
+    if orchestration.__dict__.get("ssl") is not ssl:
+        log.warning("prefect.client.orchestration builds its TLS context differently: left as it is")
+        return
+    orchestration.ssl = _SharedTLS()

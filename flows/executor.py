@@ -48,6 +48,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from flows.case_flow import case_lifecycle
+from flows.control import share_tls_context
 from flows.deliberation_flow import deliberation_process
 from flows.serve import deployment_options
 from hotline.clock import now
@@ -97,7 +98,7 @@ class Executor:
 
     async def run(self) -> None:
         _without_suspension_observer()
-        _one_tls_context()
+        share_tls_context()
         await self.start()
         async with get_client() as client:
             loops = [asyncio.create_task(self._poll_loop(client)), asyncio.create_task(self._watch_loop(client))]
@@ -308,29 +309,6 @@ def _without_suspension_observer() -> None:
         yield
 
     engine.observe_flow_run_suspension = unobserved
-
-
-def _one_tls_context() -> None:
-    """Prefect's engine builds a client for each execution (and a second, synchronous one), and each client builds
-    a new TLS context, loading the whole CA bundle: over a third of the executor's CPU in a profile. A TLS context
-    is made to be shared, so this process builds one per CA file and reuses it. (Sharing one client instead left
-    an executor's connection pool stuck under load: Prefect's engine expects a client of its own.)"""
-    import ssl
-    from functools import lru_cache
-
-    import prefect.client.orchestration as orchestration
-    if getattr(orchestration, "ssl", None) is not ssl:
-        log.warning("prefect.client.orchestration builds its TLS context differently: left as it is")
-        return
-
-    class SharedTLS:
-        """`ssl`, but create_default_context made once per arguments."""
-        create_default_context = staticmethod(lru_cache(maxsize=8)(ssl.create_default_context))
-
-        def __getattr__(self, name):
-            return getattr(ssl, name)
-
-    orchestration.ssl = SharedTLS()
 
 
 async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
