@@ -3,6 +3,7 @@ is claimed by one executor only, and a killed executor's runs are found and run 
 duplicating a case."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
+from uuid import UUID
 
 import pytest
 from sqlmodel import Session, create_engine
@@ -204,3 +206,34 @@ def test_a_running_run_cancelled_by_an_operator_stops(inproc: Env, tmp_path):
     finally:
         os.killpg(slow.pid, signal.SIGTERM)
         slow.wait(timeout=60)
+
+
+def test_a_claimed_run_is_read_again_before_it_runs(inproc: Env):
+    """The run as listed can be stale when its turn to be claimed comes: here it was paused (its pause key recorded
+    by the server) and resumed after the listing. Prefect's engine writes the run's `empirical_policy` back from
+    the object it is given, so the executor must hand it the run as claimed, pause keys included."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import StateType as T
+
+    from flows.executor import Executor
+
+    flow = inproc.prefect_post("/api/flows/", {"name": "test-stale-listing"}).json()
+    deployment = inproc.prefect_post("/api/deployments/", {"name": "stale", "flow_id": flow["id"]}).json()
+    run_id = inproc.prefect_post(f"/api/deployments/{deployment['id']}/create_flow_run", {}).json()["id"]
+
+    async def go():
+        async with PrefectClient(api=f"{inproc.stack.prefect_url}/api") as client:
+            listed = await client.read_flow_run(UUID(run_id))  # the listing, before anything happened to the run
+            for state in ({"type": "PENDING"}, {"type": "RUNNING"},
+                          {"type": "PAUSED", "name": "Awaiting unit",
+                           "state_details": {"pause_key": "case-x-wait-0", "pause_reschedule": True}}):
+                r = inproc.prefect_post(f"/api/flow_runs/{run_id}/set_state", {"state": state})
+                assert r.json()["status"] == "ACCEPT", r.text
+            assert inproc.prefect_post(f"/api/flow_runs/{run_id}/resume", {}).json()["status"] == "ACCEPT"
+            assert inproc.flow_run(run_id)["state_type"] == "SCHEDULED"  # Resuming
+            claimed = await Executor(deploy=[])._claim(client, listed)
+            return listed, claimed
+    listed, claimed = asyncio.run(go())
+    assert "case-x-wait-0" not in listed.empirical_policy.pause_keys  # stale
+    assert claimed is not None and claimed.state.type == T.PENDING
+    assert "case-x-wait-0" in claimed.empirical_policy.pause_keys
