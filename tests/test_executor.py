@@ -194,7 +194,10 @@ def test_a_running_run_cancelled_by_an_operator_stops(inproc: Env, tmp_path):
         long_run = start(600, "long")
         run = wait_state(long_run, "RUNNING")
         assert run["infrastructure_pid"].startswith("executor:")
-        assert (tmp_path / "long.started").exists()
+        deadline = time.monotonic() + STACK_TIMEOUT  # Running is proposed just before the flow's body starts
+        while not (tmp_path / "long.started").exists():
+            assert time.monotonic() < deadline, "the slow flow did not start"
+            time.sleep(0.2)
         r = inproc.prefect_post(f"/api/flow_runs/{long_run}/set_state", {"state": {"type": "CANCELLING"}})
         assert r.status_code in (200, 201), r.text
         cancelled = wait_state(long_run, "CANCELLED")
