@@ -42,6 +42,7 @@ def test_a_deliberation_is_run_from_the_console_step_by_step(console, district):
     csrf = login(console, district.staff_tokens["supervisor"])
     page = console.get("/console/deliberations").text
     assert 'id="new-topic"' in page and '<option value="property">物业管理</option>' in page
+    assert "<title>大家商量着办 · 12345 接诉即办</title>" in page and page.count('id="new-topic"') == 1
 
     # 确定议题: the field and the reason in Chinese for bad input; nothing recorded
     new = "/console/deliberations"
