@@ -19,12 +19,15 @@ def to_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+def stored_utc(value: datetime) -> datetime:
+    """A datetime read from our DB, aware and in UTC (SQLite gives it back naive; it was stored in UTC)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 def local(value: datetime | None) -> pendulum.DateTime | None:
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return pendulum.instance(value).in_timezone(get_settings().timezone)
+    return pendulum.instance(stored_utc(value)).in_timezone(get_settings().timezone)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -10,12 +10,12 @@ Two kinds of callers:
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from hotline.clock import local, now
+from hotline.clock import local, now, stored_utc
 from models import Case, CaseSignal, Delivery, Escalation, TimelineEntry, Unit, WorkOrder
 from models.states import (
     CASE_TRANSITIONS,
@@ -471,12 +471,6 @@ def _responded_in_time(leads: list[WorkOrder], unit: str | None) -> bool:
 
 # ---------------------------------------------------------------- helpers
 
-def _directed_due(case: Case) -> datetime | None:
-    """The case's own deadline (限期办结, aware UTC; SQLite returns it naive), or None."""
-    fixed = case.directed_due_at
-    return fixed.replace(tzinfo=timezone.utc) if fixed is not None and fixed.tzinfo is None else fixed
-
-
 def _assign(session: Session, case: Case, unit: Unit, *, reason: str, role: str = "lead") -> WorkOrder:
     sla_policy = policies.sla_policy()
     sla = sla_policy.for_case(case.urgency, case.category)
@@ -484,7 +478,7 @@ def _assign(session: Session, case: Case, unit: Unit, *, reason: str, role: str 
         sla = policies.escalation_policy().levels.get(unit.level) or sla
     at, calendar = now(), policies.calendar()
     respond_by, due_at = sla.respond_within.after(at, calendar), sla.due_within.after(at, calendar)
-    fixed = _directed_due(case)
+    fixed = stored_utc(case.directed_due_at) if case.directed_due_at is not None else None
     if fixed is not None and role == "lead" and reason != "escalation" and fixed > at:
         # 限期办结: the case's own deadline (a decision item's due date) replaces the sla.yaml time; the ladder's
         # levels keep their own times once it has lapsed and escalated

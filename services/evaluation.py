@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field, model_validator
 from sqlmodel import Session, col, select
 
-from hotline.clock import local
+from hotline.clock import local, stored_utc
 from hotline.settings import get_settings
 from models import Case, CaseStatus, Summons, TimelineEntry, Unit, Whistle
 from services.policies import PolicyError, _load, categories
@@ -105,12 +105,8 @@ def month_bounds(month: str, tz: str) -> tuple[datetime, datetime]:
     return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 def _in(value: datetime | None, bounds: tuple[datetime, datetime]) -> bool:
-    return value is not None and bounds[0] <= _utc(value) < bounds[1]
+    return value is not None and bounds[0] <= stored_utc(value) < bounds[1]
 
 
 def citizen_answered(case: Case | CaseRow) -> bool:
