@@ -83,7 +83,16 @@ async def wake(flow_run_id: str | None, kind: str, signal_id: int | None = None)
 
 
 WAKE_TIMEOUT_SECONDS = 20
-_waking: set[asyncio.Task] = set()
+background_tasks: set[asyncio.Task] = set()
+
+
+def in_background(coro) -> asyncio.Task:
+    """Run `coro` as a task of the running loop, keeping a reference until it is done (the loop holds tasks only
+    weakly). For Prefect calls an API answer must not wait on: waking a run, starting one."""
+    task = asyncio.get_running_loop().create_task(coro)
+    background_tasks.add(task)
+    task.add_done_callback(background_tasks.discard)
+    return task
 
 
 def wake_soon(flow_run_id: str | None, kind: str, signal_id: int | None = None) -> None:
@@ -100,9 +109,7 @@ def wake_soon(flow_run_id: str | None, kind: str, signal_id: int | None = None) 
         except TimeoutError:
             log.warning("waking flow run %s timed out; the deadline watch will wake it", flow_run_id)
 
-    task = asyncio.get_running_loop().create_task(bounded())
-    _waking.add(task)  # keep a reference until done (the loop holds tasks only weakly)
-    task.add_done_callback(_waking.discard)
+    in_background(bounded())
 
 
 async def show_stage(flow_run_id: str, view: RunView) -> None:

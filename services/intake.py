@@ -10,7 +10,7 @@ from typing import Any
 from anyio import to_thread
 from sqlalchemy.exc import IntegrityError
 
-from flows.control import start_case_flow
+from flows.control import in_background, start_case_flow
 from hotline.db import session_scope
 from hotline.settings import get_settings
 from models import Case
@@ -19,7 +19,6 @@ from services import cases
 log = logging.getLogger(__name__)
 
 START_CONCURRENCY = 16  # run creations at once per process: a burst queues here instead of flooding Prefect
-_starting: set[asyncio.Task] = set()
 _slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 
@@ -71,7 +70,4 @@ def start_soon(case: Case) -> asyncio.Task:
                 log.warning("case %s: flow run not started (the deadline watch retries): %s", case.number, exc)
                 return None
 
-    task = loop.create_task(start())
-    _starting.add(task)  # keep a reference until done (the loop holds tasks only weakly)
-    task.add_done_callback(_starting.discard)
-    return task
+    return in_background(start())

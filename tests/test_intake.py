@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from flows.control import background_tasks
 from services import intake
 
 
@@ -63,7 +64,7 @@ def test_wait_zero_answers_at_once_and_starts_the_run_in_the_background(db, star
         got = await intake.receive(fields())
         answered = time.monotonic() - t0
         assert s.started == []  # not started yet when intake answered
-        await asyncio.gather(*intake._starting)
+        await asyncio.gather(*background_tasks)
         return got, answered
     got, answered = asyncio.run(go())
     assert got.created and got.flow_run_id is None
@@ -76,7 +77,7 @@ def test_a_timed_out_wait_does_not_cancel_the_start(db, starter):
 
     async def go():
         got = await intake.receive(fields())
-        await asyncio.gather(*intake._starting)
+        await asyncio.gather(*background_tasks)
         return got
     got = asyncio.run(go())
     assert got.flow_run_id is None
@@ -101,7 +102,7 @@ def test_a_burst_starts_at_most_start_concurrency_runs_at_once(db, starter, monk
 
     async def go():
         got = [await intake.receive(fields()) for _ in range(10)]
-        await asyncio.gather(*intake._starting)
+        await asyncio.gather(*background_tasks)
         return got
     got = asyncio.run(go())
     assert sorted(s.started) == sorted(g.case.id for g in got)
