@@ -58,3 +58,58 @@ def test_smoke_run_writes_a_report(tmp_path):
     line = next(l for l in text.splitlines() if l.startswith("| full lifecycles/s"))
     assert "| — |" not in line.split("cases/s")[0]  # a measured figure, not a blank
     assert "| cases lost (accepted, not in DB) | 0.00 |" in text
+
+
+@pytest.mark.stack
+def test_smoke_run_of_the_scaled_shape(tmp_path):
+    """The scaled shape (hotline/topology.py) at tiny sizes: intake only records, the executors' starters start
+    the runs, and every lifecycle closes."""
+    from bench.run import main
+    out = tmp_path / "performance.md"
+    assert main(["--smoke", "--topology", "scaled", "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "**scaled**" in text and "CPU per lifecycle: executor-2" in text
+    assert "lifecycles: only" not in text and "were not accepted" not in text
+    assert "| cases lost (accepted, not in DB) | 0.00 |" in text
+
+
+def test_the_load_generator_keeps_connections_and_reconnects(tmp_path):
+    """bench/load.py against a small server that closes every third connection after answering."""
+    import asyncio
+    import json
+
+    from bench.load import post_json_many
+    seen, connections = [], 0
+
+    async def handle(reader, writer):
+        nonlocal connections
+        connections += 1
+        answered = 0
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = int(next(l for l in head.decode().split("\r\n") if l.lower().startswith("content-length"))
+                         .split(":")[1])
+            body = json.loads(await reader.readexactly(length))
+            seen.append(body["n"])
+            answered += 1
+            close = answered == 3
+            out = json.dumps({"got": body["n"]}).encode()
+            writer.write(f"HTTP/1.1 {201 if body['n'] % 2 else 200} OK\r\nContent-Length: {len(out)}\r\n"
+                         f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n".encode() + out)
+            await writer.drain()
+            if close:
+                break
+        writer.close()
+
+    async def go():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await post_json_many(f"http://127.0.0.1:{port}", "/x", [{"n": i} for i in range(60)], 4)
+    answers = asyncio.run(go())
+    assert [status for status, _ in answers] == [201 if i % 2 else 200 for i in range(60)]
+    assert [json.loads(body)["got"] for _, body in answers] == list(range(60))
+    assert sorted(seen) == list(range(60)) and connections == 20  # kept alive for 3 requests each
