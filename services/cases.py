@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import tuple_
 from sqlmodel import Session, col, select
 
 from hotline.clock import local, now, stored_utc
@@ -105,17 +106,36 @@ def queue_delivery(session: Session, unit: Unit, event_type: str, data: dict, *,
 
 def create_case(*, session: Session, fields: dict[str, Any]) -> tuple[Case, bool]:
     """Record a case, or return the one already recorded for the same source + source_ref."""
-    existing = find_by_source(session, fields["source"], fields["source_ref"])
-    if existing is not None:
-        return existing, False
-    case = Case(**fields)
-    case.citizen_key = repeats.citizen_key(case.citizen_phone) if not case.anonymous else None
-    session.add(case)
+    return create_cases(session=session, many=[fields])[0]
+
+
+def create_cases(*, session: Session, many: list[dict[str, Any]]) -> list[tuple[Case, bool]]:
+    """Record several cases at once, in order: (case, created) for each, the one already recorded for the same
+    source + source_ref when there is one (twice in `many`: recorded once). The ORM sends each table's rows as one
+    statement, so a burst's accepts share their round trips and their commit (services/intake.py)."""
+    keys = [(f["source"], f["source_ref"]) for f in many]
+    found = {(c.source, c.source_ref): c for c in session.exec(
+        select(Case).where(tuple_(col(Case.source), col(Case.source_ref)).in_(set(keys))))}
+    existing = set(found)
+    for key, fields in zip(keys, many):
+        if key not in found:
+            case = Case(**fields)
+            case.citizen_key = repeats.citizen_key(case.citizen_phone) if not case.anonymous else None
+            found[key] = case
+            session.add(case)
+    new = [found[key] for key in dict.fromkeys(keys) if key not in existing]
+    session.flush()  # one INSERT for all, returning their ids
+    for case in new:
+        case.number = f"{local(case.created_at):%Y%m%d}{case.id:06d}"
+        session.add(case)
+        record(session, case, "received", f"受理: {case.source}", source=case.source, urgency=case.urgency)
     session.flush()
-    case.number = f"{local(case.created_at):%Y%m%d}{case.id:06d}"
-    session.add(case)
-    record(session, case, "received", f"受理: {case.source}", source=case.source, urgency=case.urgency)
-    return case, True
+    seen: set[tuple[str, str]] = set()
+    results = []
+    for key in keys:
+        results.append((found[key], key not in existing and key not in seen))
+        seen.add(key)
+    return results
 
 
 def find_by_source(session: Session, source: str, source_ref: str) -> Case | None:

@@ -121,3 +121,66 @@ def test_a_refused_start_leaves_the_case_recorded_for_the_watch(db, starter):
     with read_scope() as session:
         stored = session.get(Case, got.case.id)
         assert stored is not None and stored.flow_run_id is None  # what the watch's start_unstarted picks up
+
+
+# ---------------------------------------------------------------- group commit (a burst's writes share transactions)
+
+def test_a_burst_is_recorded_in_groups_one_case_per_source_ref(db, starter, monkeypatch):
+    starter(wait=0)
+    groups = []
+    inner = intake._record_many
+
+    def counting(many):
+        groups.append(len(many))
+        return inner(many)
+    monkeypatch.setattr(intake, "_record_many", counting)
+    burst = [fields() for _ in range(40)]
+    twice = [dict(f, citizen_phone="13900000000") for f in burst[:5]]  # the same requests again (a caller retried)
+
+    async def go():
+        got = await asyncio.gather(*(intake.receive(f) for f in burst + twice))
+        await asyncio.gather(*background_tasks)
+        return got
+    got = asyncio.run(go())
+    by_ref: dict[str, set[int]] = {}
+    for g, f in zip(got, burst + twice):
+        by_ref.setdefault(f["source_ref"], set()).add(g.case.id)
+        assert g.case.number and g.case.source_ref == f["source_ref"]
+    assert all(len(ids) == 1 for ids in by_ref.values()) and len(by_ref) == 40
+    assert sum(g.created for g in got) == 40  # each repeat answered "already recorded"
+    assert len(groups) < 45 and max(groups) > 1  # grouped, not one transaction per request
+    from hotline.db import read_scope
+    from models import Case, TimelineEntry
+    from sqlmodel import func, select
+    with read_scope() as session:
+        assert session.exec(select(func.count()).select_from(Case)).one() == 40
+        assert session.exec(select(func.count()).select_from(TimelineEntry)
+                            .where(TimelineEntry.kind == "received")).one() == 40
+
+
+def test_a_bad_request_in_a_group_fails_alone(db, starter):
+    starter(wait=0)
+    good = [fields() for _ in range(6)]
+    bad = fields()
+    bad.pop("description")  # NOT NULL: the group's transaction fails, then each is recorded on its own
+
+    async def go():
+        return await asyncio.gather(*(intake.receive(f) for f in good[:3] + [bad] + good[3:]),
+                                    return_exceptions=True)
+    got = asyncio.run(go())
+    assert isinstance(got[3], Exception)
+    assert all(not isinstance(g, BaseException) and g.created for g in got[:3] + got[4:])
+
+
+def test_with_executor_starters_intake_only_records(db, starter, monkeypatch):
+    s = starter(wait=15)
+    monkeypatch.setenv("HOTLINE_RUN_STARTER", "executor")
+    from hotline.settings import get_settings
+    get_settings.cache_clear()
+
+    async def go():
+        got = await intake.receive(fields())
+        await asyncio.gather(*background_tasks)
+        return got
+    got = asyncio.run(go())
+    assert got.created and got.flow_run_id is None and s.started == []
