@@ -3,6 +3,7 @@ people and APIs see Asia/Shanghai with its offset."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import pendulum
 
@@ -27,7 +28,13 @@ def stored_utc(value: datetime) -> datetime:
 def local(value: datetime | None) -> pendulum.DateTime | None:
     if value is None:
         return None
-    return pendulum.instance(stored_utc(value)).in_timezone(get_settings().timezone)
+    return pendulum.instance(stored_utc(value)).in_timezone(_zone(get_settings().timezone))
+
+
+@lru_cache(maxsize=8)
+def _zone(name: str) -> pendulum.Timezone:
+    """pendulum builds a zone anew for every name given (5 % of an intake's CPU in a profile): once per name."""
+    return pendulum.timezone(name)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -21,10 +21,11 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -324,7 +325,7 @@ def _read(path: Path, model: type[BaseModel], optional: bool) -> tuple[BaseModel
             return model(), ""
         raise PolicyError(f"{path}: file not found") from exc
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = _parse(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
     try:
@@ -334,9 +335,21 @@ def _read(path: Path, model: type[BaseModel], optional: bool) -> tuple[BaseModel
         raise PolicyError(f"{path}: {errors}") from exc
 
 
+@lru_cache(maxsize=64)
+def _parse(text: str) -> Any:
+    """The YAML of a policy file, parsed once per text: the files are read at every use (an edit applies at
+    once) but parsing them each time was a quarter of an executor's CPU (docs/performance.md). Callers validate
+    the result into new models and never change it."""
+    return yaml.safe_load(text) or {}
+
+
 def _last_good_path(policy_dir: Path, name: str) -> Path:
-    folder = hashlib.sha256(str(policy_dir.resolve()).encode()).hexdigest()[:16]
-    return get_settings().home / "policies-last-good" / folder / name
+    return _last_good_folder(policy_dir, get_settings().home) / name
+
+
+@lru_cache(maxsize=16)
+def _last_good_folder(policy_dir: Path, home: Path) -> Path:
+    return home / "policies-last-good" / hashlib.sha256(str(policy_dir.resolve()).encode()).hexdigest()[:16]
 
 
 def _keep(policy_dir: Path, name: str, text: str) -> None:

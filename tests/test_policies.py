@@ -147,3 +147,21 @@ def test_unknown_units_and_overlaps_are_reported(tmp_path):
 def test_bad_hours_are_refused():
     with pytest.raises(ValueError, match="07:00-22:00"):
         RoutingRule(name="x", unit="u", hours="7am to 10pm")
+
+
+def test_a_file_is_parsed_once_per_text_and_an_edit_applies_at_once(tmp_path, monkeypatch):
+    d = _copy(tmp_path)
+    monkeypatch.setenv("HOTLINE_HOME", str(tmp_path / "home"))
+    from hotline.settings import get_settings
+    get_settings.cache_clear()
+    policies._parse.cache_clear()
+    first = policies.sla_policy(d)
+    parsed = policies._parse.cache_info().misses
+    assert policies.sla_policy(d) == first
+    assert policies._parse.cache_info().misses == parsed  # the same texts: nothing parsed again
+    text = (d / "sla.yaml").read_text(encoding="utf-8")
+    (d / "sla.yaml").write_text(text.replace("follow_up:", "# edited\nfollow_up:", 1), encoding="utf-8")
+    assert policies._parse.cache_info().misses == parsed
+    policies.sla_policy(d)
+    assert policies._parse.cache_info().misses == parsed + 1  # the edited file, read and parsed at its next use
+    get_settings.cache_clear()
