@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from datetime import timedelta
 from functools import lru_cache
 from uuid import UUID
 
@@ -12,8 +13,12 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.flow_runs import NotPausedError, resume_flow_run
 
-from hotline.db import session_scope
+from sqlmodel import col, select
+
+from hotline.clock import now
+from hotline.db import read_scope, session_scope
 from models import Case, Deliberation
+from models.states import CaseStatus
 from services.run_view import RunView, run_tags
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,35 @@ async def start_deliberation_flow(deliberation: Deliberation, tags: list[str]) -
     """Create the deliberation's flow run (one per deliberation, by idempotency key), named by its number."""
     return await _start_run(DELIBERATION_DEPLOYMENT, Deliberation, deliberation.id, "deliberation",
                             deliberation.number, tags)
+
+
+def unstarted_cases(*, limit: int, older_than_seconds: float = 0, shard: tuple[int, int] = (0, 1)) -> list[Case]:
+    """Open cases recorded without a flow run yet, oldest first (the partial index ix_case_unstarted holds only
+    these). `shard` (i, n): only those whose id % n == i, so that several starters never start the same case."""
+    index, count = shard
+    query = select(Case).where(col(Case.flow_run_id).is_(None), Case.status != CaseStatus.closed)
+    if older_than_seconds:
+        query = query.where(Case.created_at <= now() - timedelta(seconds=older_than_seconds))
+    if count > 1:
+        query = query.where(col(Case.id) % count == index)
+    with read_scope() as session:
+        return list(session.exec(query.order_by(col(Case.id)).limit(limit)).all())
+
+
+async def start_cases(recorded: list[Case], concurrency: int = 8) -> int:
+    """Start the runs of recorded cases, `concurrency` creations at once. A case whose start fails stays unstarted
+    (the next round, or the deadline watch, tries again). Returns how many were started."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(case: Case) -> bool:
+        async with slots:
+            try:
+                await start_case_flow(case)
+                return True
+            except Exception as exc:
+                log.warning("case %s: flow run not started (tried again later): %s", case.number, exc)
+                return False
+    return sum(await asyncio.gather(*(one(case) for case in recorded)))
 
 
 _deployment_ids: dict[str, UUID] = {}

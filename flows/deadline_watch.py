@@ -17,11 +17,10 @@ from prefect.cache_policies import NO_CACHE
 from sqlmodel import select
 
 from flows import NO_RESULTS
-from flows.control import start_case_flow, start_deliberation_flow, wake
+from flows.control import start_cases, start_deliberation_flow, unstarted_cases, wake
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
 from models import Case, CaseSignal
-from models.states import CaseStatus
 from notifications.webhooks import deliver_due
 from services import cases, deliberations, whistles
 
@@ -69,21 +68,12 @@ async def wake_cases() -> int:
     return woken
 
 
-def _unstarted() -> list[Case]:
-    with read_scope() as session:
-        return list(session.exec(select(Case).where(
-            Case.flow_run_id.is_(None), Case.status != CaseStatus.closed,  # type: ignore
-            Case.created_at <= now() - timedelta(seconds=STARTUP_GRACE_SECONDS),
-        ).limit(200)).all())
-
-
 @task(name="start-unstarted-cases", cache_policy=NO_CACHE)
 async def start_unstarted() -> int:
-    started = 0
-    for case in await asyncio.to_thread(_unstarted):
-        await start_case_flow(case)
-        started += 1
-    return started
+    """Cases recorded while Prefect was unreachable (or whose starter stopped): past the grace that intake and
+    the executors' starters have to start them themselves."""
+    recorded = await asyncio.to_thread(unstarted_cases, limit=200, older_than_seconds=STARTUP_GRACE_SECONDS)
+    return await start_cases(recorded)
 
 
 def _deliberations_to_move() -> tuple[int, list[tuple[str, int]], list]:

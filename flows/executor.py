@@ -14,6 +14,12 @@ The executor keeps Prefect's guarantees by going through the server's orchestrat
   live executor (one reaper at a time) reschedules the dead one's running runs; they replay from the top, which
   the case flow makes safe (every step is idempotent against our DB). A run left `Pending` past the same bound
   (its executor died between the claim and the start) is rescheduled too.
+- **Shares** (`HOTLINE_EXECUTOR_SHARD` i/n): each executor claims first the due runs whose id % n == i, and the
+  others' once they have waited a moment, so executors rarely race for the same run.
+- **Starting runs** (`HOTLINE_RUN_STARTER=executor`, the scaled shape): intake only records a case, and each
+  executor starts the runs of recorded cases in its share (ids with id % n == i)
+  while Prefect's queue of due runs is short, so a burst waits in our DB and Prefect is fed as fast as runs are
+  taken. A case whose executor is gone is started by the deadline watch after its grace.
 - **Stopping**: on SIGTERM/SIGINT it stops claiming, lets running runs finish for a grace period, and
   reschedules whatever is still running, so nothing waits for the crash bound.
 
@@ -48,7 +54,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from flows.case_flow import case_lifecycle
-from flows.control import share_tls_context
+from flows.control import share_tls_context, start_cases, unstarted_cases
 from flows.deliberation_flow import deliberation_process
 from flows.serve import deployment_options
 from hotline.clock import now
@@ -63,6 +69,8 @@ REPLAYABLE = {case_lifecycle.name, deliberation_process.name}
 CLAIM_TIMEOUT = 20  # seconds for one claim
 POLL_TIMEOUT = 60  # seconds for one polling round: nothing may hold the claiming of every other run
 REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)
+OTHERS_AFTER = 2.0  # seconds a due run of another executor's share waits before this one claims it
+START_BATCH = 16  # recorded cases one executor's starter starts per round, and the due runs it lets queue in Prefect
 
 
 class Executor:
@@ -70,13 +78,18 @@ class Executor:
 
     def __init__(self, *, limit: int = 100, poll_seconds: float = 0.5, heartbeat_seconds: float = 5,
                  dead_after_seconds: float = 30, grace_seconds: float = 20, executor_id: str | None = None,
-                 deploy: list[tuple[Flow, dict]] | None = None):
-        """`deploy`: the flows to serve with their deployment options (default: ours, flows/serve.py)."""
+                 deploy: list[tuple[Flow, dict]] | None = None, shard: tuple[int, int] = (0, 1),
+                 starts_recorded: bool = False):
+        """`deploy`: the flows to serve with their deployment options (default: ours, flows/serve.py).
+        `shard` (i, n): this executor claims first the due runs whose id % n == i, and with `starts_recorded` starts
+        the runs of recorded cases whose id % n == i (otherwise intake starts them)."""
         self.id = executor_id or f"executor:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.deploy = deploy if deploy is not None else deployment_options()
         self.limit, self.poll_seconds = limit, poll_seconds
         self.heartbeat_seconds, self.dead_after = heartbeat_seconds, timedelta(seconds=dead_after_seconds)
         self.grace_seconds = grace_seconds
+        self.shard, self.starts_recorded = shard, starts_recorded
+        self.due_waiting = 0  # due runs the last poll listed but did not take: the starter holds back meanwhile
         self.flows: dict[UUID, Flow] = {}        # deployment id -> flow
         self.running: dict[UUID, asyncio.Task] = {}
         self.stopping = asyncio.Event()
@@ -102,6 +115,8 @@ class Executor:
         await self.start()
         async with get_client() as client:
             loops = [asyncio.create_task(self._poll_loop(client)), asyncio.create_task(self._watch_loop(client))]
+            if self.starts_recorded:
+                loops.append(asyncio.create_task(self._start_loop()))
             await self.stopping.wait()
             for loop in loops:
                 loop.cancel()
@@ -127,9 +142,12 @@ class Executor:
         """Claim and start as many due runs as there are free slots. Returns how many were started."""
         free = self.limit - len(self.running)
         if free <= 0 or self.stopping.is_set():
+            self.due_waiting = START_BATCH
             return 0
         due = await client.get_scheduled_flow_runs_for_deployments(
             deployment_ids=list(self.flows), scheduled_before=now(), limit=free)
+        self.due_waiting = len(due)
+        due = [run for run in due if self._claims_now(run)]
         due.sort(key=lambda r: (r.next_scheduled_start_time is None, r.next_scheduled_start_time))
         started = 0
         for listed in due:
@@ -139,6 +157,36 @@ class Executor:
             self.running[flow_run.id] = task
             task.add_done_callback(lambda _t, run_id=flow_run.id: self.running.pop(run_id, None))
             started += 1
+        self.due_waiting = len(due) - started
+        return started
+
+    def _claims_now(self, flow_run: FlowRun) -> bool:
+        """Every executor lists the same due runs, and a claim that loses still costs the server a state
+        orchestration. So each claims its own share (run id % n == i) at once, and the others' only once they have
+        waited OTHERS_AFTER seconds (their executor may be busy or gone)."""
+        index, count = self.shard
+        if count == 1 or flow_run.id.int % count == index:
+            return True
+        due_at = flow_run.next_scheduled_start_time or flow_run.expected_start_time
+        return due_at is None or (now() - due_at).total_seconds() > OTHERS_AFTER
+
+    async def _start_loop(self) -> None:
+        while True:
+            try:
+                await self.start_recorded()
+            except Exception as exc:  # our DB or Prefect unreachable for a moment: the cases wait in our DB
+                log.warning("starting recorded cases failed: %s", exc)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def start_recorded(self) -> int:
+        """Start the runs of recorded cases in this executor's shard, oldest first, as many as there is room for:
+        no more than START_BATCH due runs left waiting in Prefect, nor more than free slots. Returns how many."""
+        room = min(START_BATCH - self.due_waiting, self.limit - len(self.running))
+        if room <= 0 or self.stopping.is_set() or not self.starts_recorded:
+            return 0
+        recorded = await asyncio.to_thread(unstarted_cases, limit=room, shard=self.shard)
+        started = await start_cases(recorded)
+        self.due_waiting += started
         return started
 
     async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> FlowRun | None:
@@ -315,7 +363,8 @@ async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     executor = Executor(limit=settings.executor_limit, heartbeat_seconds=settings.executor_heartbeat_seconds,
-                        dead_after_seconds=settings.executor_dead_after_seconds, deploy=deploy)
+                        dead_after_seconds=settings.executor_dead_after_seconds, deploy=deploy,
+                        shard=settings.shard, starts_recorded=settings.run_starter == "executor")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, executor.stop)

@@ -33,6 +33,21 @@ class Settings(BaseSettings):
         default=15, description="intake waits this long for Prefect to create the case's run, to answer with its "
         "flow_run_id; 0 answers as soon as the case is recorded (a burst is then taken at our API's rate and the "
         "runs start in the background)")
+    run_starter: str = Field(
+        default="api", pattern="^(api|executor)$",
+        description="who starts a recorded case's flow run: api (intake starts it, waiting up to "
+        "intake_wait_seconds) or executor (intake only records the case; the in-process executors start the runs "
+        "of recorded cases from our DB as they have room: a burst waits in our DB, not in Prefect)")
+    executor_shard: str = Field(
+        default="0/1", pattern=r"^\d+/[1-9]\d*$",
+        description="in-process executor i/n: with run_starter=executor it starts the cases whose id % n == i")
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        index, count = (int(x) for x in self.executor_shard.split("/"))
+        if index >= count:
+            raise ValueError(f"HOTLINE_EXECUTOR_SHARD {self.executor_shard}: the index must be below the count")
+        return index, count
 
     @property
     def db_url(self) -> str:

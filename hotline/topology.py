@@ -75,8 +75,12 @@ class ScaledStack(Stack):
     prefect_servers: int = 2
     executors: int = 2
     api_workers: int = 2
-    # city scale: intake answers once the case is recorded; runs start in the background (flow_run_id comes later)
+    # city scale: intake answers once the case is recorded; the executors start the runs (flow_run_id comes later)
     intake_wait_seconds: float | None = 0
+    # callers first: on one machine, Prefect and the executors run at this lower CPU priority than our API and the
+    # DB, so a burst of calls is taken at the API's rate and its backlog is worked off after (on Kubernetes, the
+    # same split is CPU requests per deployment: docs/deployment.md). 0: all at one priority
+    background_nice: int = 10
 
     def __post_init__(self) -> None:
         if not (self.database_url and self.prefect_database_url):
@@ -85,7 +89,8 @@ class ScaledStack(Stack):
         self.prefect_ports = [self.prefect_port] + [free_port() for _ in range(self.prefect_servers - 1)]
 
     def env(self, prefect_port: int | None = None) -> dict[str, str]:
-        env = super().env() | redis_settings(self.redis_url)
+        # intake only records; each executor starts the runs of its shard of recorded cases (flows/executor.py)
+        env = super().env() | redis_settings(self.redis_url) | {"HOTLINE_RUN_STARTER": "executor"}
         if prefect_port is not None:
             env["PREFECT_API_URL"] = f"http://127.0.0.1:{prefect_port}/api"
         return env
@@ -98,10 +103,11 @@ class ScaledStack(Stack):
         py = sys.executable
         for i, port in enumerate(self.prefect_ports):  # the first migrates the database, the others wait for it
             env = self.env(port) | ({} if i == 0 else {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"})
-            self._spawn(f"prefect-server-{i + 1}", [py, "-m", "prefect", "server", "start", "--no-services",
-                                                         "--host", "127.0.0.1", "--port", str(port), "--no-ui"], env)
+            self._spawn(f"prefect-server-{i + 1}", [*self._niced, py, "-m", "prefect", "server", "start",
+                                                    "--no-services", "--host", "127.0.0.1", "--port", str(port),
+                                                    "--no-ui"], env)
             self._wait_http(f"prefect-server-{i + 1}", f"http://127.0.0.1:{port}/api/health", 180)
-        self._spawn("prefect-services", [py, "-m", "prefect", "server", "services", "start"], self.env())
+        self._spawn("prefect-services", [*self._niced, py, "-m", "prefect", "server", "services", "start"], self.env())
         # our schema once, before several API workers start (concurrent CREATE TABLEs collide on Postgres)
         subprocess.run([py, "-c", "from hotline.db import init_db; init_db()"], env=self.env(), check=True)
         self._spawn("api", [py, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
@@ -110,9 +116,15 @@ class ScaledStack(Stack):
         self._wait_http("api", f"{self.api_url}/api/health", 120)
         for i in range(self.executors):
             port = self.prefect_ports[i % len(self.prefect_ports)]
-            self._spawn(f"executor-{i + 1}", [py, "-m", "flows.executor"], self.env(port))
+            self._spawn(f"executor-{i + 1}", [*self._niced, py, "-m", "flows.executor"],
+                        self.env(port) | {"HOTLINE_EXECUTOR_SHARD": f"{i}/{self.executors}"})
         self._wait_deployments(120)
         return self
+
+    @property
+    def _niced(self) -> list[str]:
+        """`nice` execs the command: the process keeps the pid that is watched and measured."""
+        return ["nice", "-n", str(self.background_nice)] if self.background_nice else []
 
     @property
     def runner(self) -> str:

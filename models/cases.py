@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from hotline.clock import now
@@ -12,7 +12,12 @@ from models.states import CaseStatus
 
 
 class Case(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("source", "source_ref", name="uq_case_source_ref"),)
+    __table_args__ = (
+        UniqueConstraint("source", "source_ref", name="uq_case_source_ref"),
+        # the cases recorded without a flow run yet, for the starters and the watch (flows/control.unstarted_cases)
+        Index("ix_case_unstarted", "id", postgresql_where=text("flow_run_id IS NULL"),
+              sqlite_where=text("flow_run_id IS NULL")),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     number: str | None = Field(default=None, index=True, unique=True, max_length=32)

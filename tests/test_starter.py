@@ -1,0 +1,90 @@
+"""The executors' starter (HOTLINE_RUN_STARTER=executor): each executor starts the runs of its shard of recorded
+cases, oldest first, and holds back while Prefect has due runs waiting. Prefect's run creation is replaced by a
+recorder (the edge we don't own); the stack tests and the benchmark's scaled shape run the real one."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+import flows.control as control
+from flows.executor import START_BATCH, Executor
+
+
+def record(n: int) -> list[int]:
+    from hotline.clock import now
+    from hotline.db import session_scope
+    from services import cases
+    many = [{"source": "hotline", "source_ref": f"s-{uuid.uuid4().hex[:12]}", "category": "street_lights",
+             "description": "d", "location": {"community": "c1"}, "reported_at": now()} for _ in range(n)]
+    with session_scope() as session:
+        return [case.id for case, _ in cases.create_cases(session=session, many=many)]
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """The cases whose run was started; a start gives the case its run id, as the real one does."""
+    ids: list[int] = []
+
+    async def start(case):
+        from hotline.db import session_scope
+        from models import Case
+        ids.append(case.id)
+        with session_scope() as session:
+            stored = session.get(Case, case.id)
+            stored.flow_run_id = f"run-{case.id}"
+            session.add(stored)
+        return f"run-{case.id}"
+    monkeypatch.setattr(control, "start_case_flow", start)
+    return ids
+
+
+def test_each_executor_starts_its_own_shard_oldest_first(db, started):
+    ids = record(10)
+    even, odd = Executor(deploy=[], shard=(0, 2), starts_recorded=True), Executor(deploy=[], shard=(1, 2), starts_recorded=True)
+    assert asyncio.run(even.start_recorded()) == 5
+    assert started == [i for i in ids if i % 2 == 0]
+    assert asyncio.run(odd.start_recorded()) == 5
+    assert sorted(started) == ids
+    assert asyncio.run(even.start_recorded()) == 0  # nothing left: each case started once
+
+
+def test_the_starter_holds_back_while_prefect_has_due_runs_waiting(db, started):
+    ids = record(START_BATCH + 10)
+    executor = Executor(deploy=[], starts_recorded=True)
+    assert asyncio.run(executor.start_recorded()) == START_BATCH  # one batch: they wait as due runs now
+    assert asyncio.run(executor.start_recorded()) == 0  # not claimed yet: the rest waits in our DB
+    executor.due_waiting = 0  # the poll took them
+    assert asyncio.run(executor.start_recorded()) == 10
+    assert started == ids
+
+
+def test_unless_told_to_the_executor_starts_nothing(db, started):
+    record(3)
+    assert asyncio.run(Executor(deploy=[]).start_recorded()) == 0 and started == []
+
+
+def test_the_watch_starts_only_cases_past_their_grace(db, started):
+    record(2)
+    assert control.unstarted_cases(limit=10, older_than_seconds=60) == []
+    assert len(control.unstarted_cases(limit=10)) == 2
+
+
+def test_each_executor_claims_its_share_first_and_the_others_after_a_wait():
+    from datetime import timedelta
+    from uuid import UUID, uuid4
+
+    from prefect.client.schemas.objects import FlowRun
+
+    from flows.executor import OTHERS_AFTER
+    from hotline.clock import now
+
+    def due(run_id: int, waited: float) -> FlowRun:
+        return FlowRun(id=UUID(int=run_id), flow_id=uuid4(),
+                       next_scheduled_start_time=now() - timedelta(seconds=waited))
+    first, second = Executor(deploy=[], shard=(0, 2)), Executor(deploy=[], shard=(1, 2))
+    fresh = due(10, 0)  # id % 2 == 0: the first executor's
+    assert first._claims_now(fresh) and not second._claims_now(fresh)
+    assert second._claims_now(due(10, OTHERS_AFTER + 1))  # waited: taken by whoever polls
+    assert Executor(deploy=[])._claims_now(due(11, 0))  # alone: everything
