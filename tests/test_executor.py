@@ -46,11 +46,22 @@ def runs_of(env: Env, run_ids: list[str]) -> list[dict]:
     return r.json()
 
 
-def task_runs(env: Env, run_id: str, name: str) -> int:
-    r = env.prefect_post("/api/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}},
-                                                   "task_runs": {"name": {"like_": name}}})
-    assert r.status_code == 200, r.text
-    return len(r.json())
+def task_runs(env: Env, run_id: str, name: str, settle: float = 2.0) -> int:
+    """How many task runs named `name` the run has, as Prefect records them.
+
+    Prefect 3 records task runs from the events the flow run emits (the server's task-run recorder), so a
+    task that has run shows up a moment later, longer on a loaded SQLite server. Wait for the first, then
+    count again after `settle` seconds so a duplicate that is still on its way is counted too."""
+    def count() -> int:
+        r = env.prefect_post("/api/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}},
+                                                       "task_runs": {"name": {"like_": name}}})
+        assert r.status_code == 200, r.text
+        return len(r.json())
+    deadline = time.monotonic() + STACK_TIMEOUT
+    while not count() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(settle)
+    return count()
 
 
 def kill_runner(env: Env) -> None:
