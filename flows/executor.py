@@ -34,6 +34,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 from contextlib import contextmanager
 from datetime import timedelta
 from uuid import UUID
@@ -70,6 +71,7 @@ CLAIM_TIMEOUT = 20  # seconds for one claim
 POLL_TIMEOUT = 60  # seconds for one polling round: nothing may hold the claiming of every other run
 REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)
 OTHERS_AFTER = 2.0  # seconds a due run of another executor's share waits before this one claims it
+STOP_MARGIN_SECONDS = 25  # a stop ends the process this long after the grace for running runs
 START_BATCH = 16  # recorded cases one executor's starter starts per round, and the due runs it lets queue in Prefect
 
 
@@ -367,8 +369,26 @@ async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
                         shard=settings.shard, starts_recorded=settings.run_starter == "executor")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, executor.stop)
+        loop.add_signal_handler(sig, _stop_within, executor, executor.grace_seconds + STOP_MARGIN_SECONDS)
     await executor.run()
+
+
+def _stop_within(executor: Executor, seconds: float) -> None:
+    """Stop cleanly, but never take longer than `seconds` (a pod's termination grace is finite): a stop that
+    hangs (a Prefect call or a DB lock that does not return) ends the process. Nothing is lost: a run it still
+    held is rescheduled by the other executors once this one's heartbeat is stale."""
+    if executor.stopping.is_set():
+        return
+    executor.stop()
+
+    def force() -> None:
+        log.error("executor %s still stopping %.0f s after the signal: exiting now", executor.id, seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    watchdog = threading.Timer(seconds, force)
+    watchdog.daemon = True
+    watchdog.start()
 
 
 if __name__ == "__main__":

@@ -121,8 +121,39 @@ def test_two_executors_run_each_run_once(inproc: Env):
             assert task_runs(inproc, c["flow_run_id"], "collect") == 1
             assert len(inproc.case(c["case_id"])["work_orders"]) == 1
     finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        second.wait(timeout=60)
+        stop_within(second, inproc.stack.home / "logs" / "executor-2.log", seconds=60)
+
+
+def test_a_stop_that_hangs_ends_the_process():
+    """The watchdog behind SIGTERM: whatever hangs, the executor process is gone soon after its bound."""
+    script = ("import asyncio, time\n"
+              "from flows.executor import _stop_within\n"
+              "class Hung:\n"
+              "    id = 'executor:test'\n"
+              "    stopping = asyncio.Event()\n"
+              "    def stop(self): self.stopping.set()\n"
+              "_stop_within(Hung(), 1.0)\n"
+              "time.sleep(60)\n")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(REPO_ROOT), capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 1, done.stderr
+    assert "still stopping" in done.stderr
+    assert time.monotonic() - began < 45  # importing Prefect takes a while; the sleep would take 60 s
+
+
+def stop_within(proc: subprocess.Popen, log_path, seconds: float) -> None:
+    """SIGTERM an executor with nothing running: it must be gone well inside a pod's termination grace."""
+    began = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+        tail = log_path.read_text(errors="replace")[-4000:]
+        pytest.fail(f"the executor did not stop within {seconds} s of SIGTERM; its log ends:\n{tail}")
+    print(f"executor stopped {time.monotonic() - began:.1f} s after SIGTERM")
 
 
 def test_a_dead_executors_running_run_is_run_again(inproc: Env):
