@@ -32,7 +32,7 @@ import httpx
 import yaml
 
 from bench.load import post_json_many
-from bench.stats import Figure, cpu_seconds, fmt, lost, percentile, rate, ratio, rss_mb, table
+from bench.stats import Figure, cpu_seconds, fmt, lost, percentile, rate, ratio, slope, table, tree_rss_mb
 from hotline.demo import register_district
 from hotline.receiver import Receiver, Received
 from hotline.runtime import Stack, admin_token, free_port
@@ -143,7 +143,7 @@ class Bench:
         return out
 
     def rss(self) -> dict[str, float | None]:
-        return {name: rss_mb(pid)[0] for name, pid in self.procs().items()}
+        return {name: tree_rss_mb(pid) for name, pid in self.procs().items()}
 
     # ------------------------------------------------------------ the measurements
 
@@ -175,7 +175,8 @@ class Bench:
         proc.wait(timeout=60)
         return rate(done, elapsed)
 
-    def lifecycles(self, api: httpx.Client, units: Units, follow_up: dict, n: int) -> float | None:
+    def lifecycles(self, api: httpx.Client, units: Units, follow_up: dict, n: int) -> tuple[int, float]:
+        """`n` cases submitted at once and carried to closed: (how many closed, seconds taken)."""
         refs = [f"life-{uuid.uuid4().hex[:12]}" for _ in range(n)]
         start = time.monotonic()
         ids = []
@@ -200,7 +201,7 @@ class Bench:
         closed = self.count(f"SELECT count(*) FROM \"case\" WHERE status = 'closed' AND id IN ({','.join(ids)})")
         if closed < n:
             self.notes.append(f"lifecycles: only {closed} of {n} closed within the time limit")
-        return rate(closed, elapsed)
+        return closed, elapsed
 
     def burst(self, n: int) -> tuple[float | None, int, float | None, int]:
         """(accepts/s, lost, dispatch rate during drain, dispatched within the drain limit)."""
@@ -323,7 +324,7 @@ class Bench:
                                    ratio(inproc, base)))
 
         cpu0 = self.cpu()
-        life = self.lifecycles(api, units, follow_up, a.lifecycles)
+        life, samples = self.lifecycle_waves(api, units, follow_up, a.lifecycles, a.lifecycle_waves)
         cpu1 = self.cpu()
         self.figures.append(Figure("full lifecycles/s (intake → webhook → answers → follow-up → closed)", life,
                                    "cases/s", ratio(life, base), ">= 1.5"))
@@ -355,7 +356,44 @@ class Bench:
             growth = ratio(rss_end[name], rss_start.get(name))
             self.figures.append(Figure(f"RSS {name}: start {fmt(rss_start.get(name), 0)} MB → end", rss_end[name],
                                        "MB", growth))
+        self.memory_over_lifecycles(samples)
         return self.report()
+
+    def lifecycle_waves(self, api: httpx.Client, units: Units, follow_up: dict, n: int,
+                        waves: int) -> tuple[float | None, list[tuple[int, dict[str, float | None]]]]:
+        """The lifecycles in `waves` equal parts, the processes' RSS taken after each: (lifecycles/s over all
+        waves, [(lifecycles done, {process: MB})])."""
+        sizes = [n // waves + (1 if i < n % waves else 0) for i in range(waves)]
+        closed_total, elapsed_total, done, samples = 0, 0.0, 0, []
+        for size in sizes:
+            closed, elapsed = self.lifecycles(api, units, follow_up, size)
+            closed_total += closed
+            elapsed_total += elapsed
+            done += size
+            samples.append((done, self.rss()))
+        return rate(closed_total, elapsed_total), samples
+
+    def memory_over_lifecycles(self, samples: list[tuple[int, dict[str, float | None]]]) -> None:
+        """With several waves: each process's RSS after the first wave (warmed up) against after the last, and
+        the slope over the waves after the first, projected to 10,000 lifecycles (a linear projection, labelled)."""
+        if len(samples) < 2:
+            return
+        first_done, first = samples[0]
+        last_done, last = samples[-1]
+        for name in last:
+            if first.get(name) is None or last[name] is None:
+                continue
+            self.figures.append(Figure(
+                f"RSS growth {name}: after {first_done:,} lifecycles {fmt(first[name], 0)} MB → after "
+                f"{last_done:,} {fmt(last[name], 0)} MB", ratio(last[name], first[name]), "×", target="<= 1.1"))
+            points = [(done, mb[name]) for done, mb in samples if mb.get(name) is not None]
+            per = slope(points)
+            if per is not None:
+                projected = first[name] + per * 10_000
+                self.notes.append(
+                    f"RSS {name} by wave: " + ", ".join(f"{fmt(mb[name], 0)}" for _, mb in samples)
+                    + f" MB; slope {per * 1000:+.1f} MB per 1,000 lifecycles; projected linearly to 10,000: "
+                    f"{projected:.0f} MB ({projected / first[name]:.2f}× the first wave's figure)")
 
     def report(self) -> str:
         a = self.args
@@ -373,8 +411,12 @@ class Bench:
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
             ("- Topology: **scaled** (hotline/topology.py) — two Prefect API servers and a separate services "
              "process on Postgres with Redis messaging, two in-process executors (one per Prefect server), our API "
-             f"as two uvicorn workers, our DB on Postgres; intake answers once the case is recorded; deadline watch "
-             f"every {a.watch_seconds} s; webhooks to a local receiver that answers the bench's cases at once."
+             f"as two uvicorn workers, our DB on Postgres; intake only records the case (group commit) and the "
+             f"executors start the runs; "
+             + (f"Prefect and the executors at nice {self.stack.background_nice}; "
+                if getattr(self.stack, "background_nice", 0) else "every process at one priority; ")
+             + f"deadline watch every {a.watch_seconds} s; webhooks to a local receiver that answers the bench's "
+             "cases at once. RSS figures are per process tree (uvicorn's master with its workers)."
              if a.topology == "scaled" else
             f"- Topology: Prefect server ({'Postgres' if a.postgres else 'SQLite'}), "
             + ("the in-process executor (one event loop, flows/executor.py)" if a.executor == "inprocess"
@@ -382,7 +424,8 @@ class Bench:
             + ", one API process (uvicorn); our DB on "
             f"{'Postgres' if a.postgres else 'SQLite'}; deadline watch every {a.watch_seconds} s; webhooks to a local "
             f"receiver that answers the bench's cases at once."),
-            f"- Sizes: {a.baseline_runs} baseline runs, {a.lifecycles} lifecycles, burst {a.burst}, "
+            f"- Sizes: {a.baseline_runs} baseline runs, {a.lifecycles} lifecycles"
+            + (f" in {a.lifecycle_waves} waves" if a.lifecycle_waves > 1 else "") + f", burst {a.burst}, "
             f"{a.latency_cases} latency cases, {a.open_cases:,} extra open cases, {a.escalation_cases} escalations.",
             "",
             table(self.figures),
@@ -410,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
                         "separate services and Redis, two executors, two API workers)")
     p.add_argument("--baseline-runs", type=int, default=30)
     p.add_argument("--lifecycles", type=int, default=10_000)
+    p.add_argument("--lifecycle-waves", type=int, default=1,
+                   help="run the lifecycles in this many equal waves and take every process's RSS after each: "
+                   "memory growth after warm-up, with its slope")
     p.add_argument("--burst", type=int, default=10_000)
     p.add_argument("--drain-seconds", type=int, default=600)
     p.add_argument("--latency-cases", type=int, default=30)
@@ -419,9 +465,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="the deadline watch's interval (the embedded default's; escalation latency follows it)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "performance.md")
     a = p.parse_args(argv)
+    if not 1 <= a.lifecycle_waves <= max(1, a.lifecycles):
+        p.error(f"--lifecycle-waves {a.lifecycle_waves}: must be between 1 and --lifecycles ({a.lifecycles})")
     if a.smoke:
         a.baseline_runs, a.lifecycles, a.burst, a.drain_seconds = 3, 3, 30, 60
         a.latency_cases, a.open_cases, a.escalation_cases = 3, 500, 2
+        a.lifecycle_waves = 2
     bench = Bench(a)
     try:
         text = bench.run()

@@ -87,6 +87,24 @@ def rss_mb(pid: int) -> tuple[float | None, float | None]:
     return current, peak
 
 
+def tree_rss_mb(pid: int) -> float | None:
+    """Current RSS of `pid` and its live descendants in MB (uvicorn's workers with their master; pages shared
+    between them are counted in each, as `ps` does). None if `pid` is gone."""
+    own = rss_mb(pid)[0]
+    if own is None:
+        return None
+    return own + sum(rss_mb(child)[0] or 0.0 for child in children(pid))
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (x, y) points; None for fewer than two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
 # ---------------------------------------------------------------- the report table
 
 @dataclass

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
-from bench.stats import Figure, cpu_seconds, lost, percentile, rate, ratio, rss_mb, table
+from bench.stats import Figure, cpu_seconds, lost, percentile, rate, ratio, rss_mb, slope, table, tree_rss_mb
 
 
 def test_percentiles_interpolate_between_ranks():
@@ -44,6 +47,23 @@ def test_process_cpu_and_memory_from_proc():
     assert rss_mb(2 ** 22 + 12345) == (None, None)  # no such process
 
 
+def test_memory_of_a_process_tree_and_its_slope():
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = b\"x\" * (60 * 2**20); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while (rss_mb(child.pid)[0] or 0) < 60 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        own, tree = rss_mb(os.getpid())[0], tree_rss_mb(os.getpid())
+        assert tree >= own + 60  # the child's 60 MB counted with ours
+    finally:
+        child.kill()
+        child.wait()
+    assert tree_rss_mb(2 ** 22 + 12345) is None
+    assert slope([(0, 100.0), (1000, 110.0), (2000, 120.0)]) == pytest.approx(0.01)
+    assert slope([(0, 100.0), (1000, 100.0)]) == 0
+    assert slope([(5, 100.0)]) is None and slope([(5, 1.0), (5, 2.0)]) is None
+
+
 @pytest.mark.stack
 def test_smoke_run_writes_a_report(tmp_path):
     """The whole benchmark at tiny sizes: it runs, measures every figure, and writes the report."""
@@ -58,6 +78,7 @@ def test_smoke_run_writes_a_report(tmp_path):
     line = next(l for l in text.splitlines() if l.startswith("| full lifecycles/s"))
     assert "| — |" not in line.split("cases/s")[0]  # a measured figure, not a blank
     assert "| cases lost (accepted, not in DB) | 0.00 |" in text
+    assert "RSS growth executor: after 2 lifecycles" in text and "RSS executor by wave:" in text
 
 
 @pytest.mark.stack
