@@ -139,7 +139,8 @@ def wake_soon(flow_run_id: str | None, kind: str, signal_id: int | None = None) 
 
     async def bounded() -> None:
         try:
-            await asyncio.wait_for(wake(flow_run_id, kind, signal_id), WAKE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(WAKE_TIMEOUT_SECONDS):
+                await wake(flow_run_id, kind, signal_id)
         except TimeoutError:
             log.warning("waking flow run %s timed out; the deadline watch will wake it", flow_run_id)
 

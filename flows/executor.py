@@ -132,10 +132,15 @@ class Executor:
 
     # ------------------------------------------------------------------ claiming and running
 
+    # The loops end when `stopping` is set, not only when cancelled: Python 3.11's asyncio.wait_for can swallow a
+    # cancellation that arrives just as its inner call completes. An executor in a test run kept polling for two
+    # hours after SIGTERM that way, its stop waiting on the loop. Timeouts use asyncio.timeout, which does not.
+
     async def _poll_loop(self, client: PrefectClient) -> None:
-        while True:
+        while not self.stopping.is_set():
             try:
-                await asyncio.wait_for(self.poll_once(client), POLL_TIMEOUT)
+                async with asyncio.timeout(POLL_TIMEOUT):
+                    await self.poll_once(client)
             except Exception as exc:  # Prefect unreachable or stuck for a moment: try again on the next tick
                 log.warning("polling for scheduled runs failed: %s", exc or "timed out")
             await asyncio.sleep(self.poll_seconds)
@@ -173,7 +178,7 @@ class Executor:
         return due_at is None or (now() - due_at).total_seconds() > OTHERS_AFTER
 
     async def _start_loop(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             try:
                 await self.start_recorded()
             except Exception as exc:  # our DB or Prefect unreachable for a moment: the cases wait in our DB
@@ -199,7 +204,8 @@ class Executor:
         from the object it is given, so a stale one would erase the pause keys that make a replayed wait return
         its answer, and the run would wait again for an answer it already had."""
         try:  # one proposal, never a wait: a run the server asks us to wait for is left for a later poll
-            response = await asyncio.wait_for(client.set_flow_run_state(flow_run.id, Pending()), CLAIM_TIMEOUT)
+            async with asyncio.timeout(CLAIM_TIMEOUT):
+                response = await client.set_flow_run_state(flow_run.id, Pending())
         except Exception as exc:
             log.warning("could not claim flow run %s: %s", flow_run.id, exc or "timed out")
             return None
@@ -230,7 +236,7 @@ class Executor:
     # ------------------------------------------------------------------ heartbeats, cancellation, crashes
 
     async def _watch_loop(self, client: PrefectClient) -> None:
-        while True:
+        while not self.stopping.is_set():
             await asyncio.sleep(self.heartbeat_seconds)
             for step in (self._heartbeat, self._cancel_requested, self.reap):
                 try:

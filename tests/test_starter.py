@@ -88,3 +88,30 @@ def test_each_executor_claims_its_share_first_and_the_others_after_a_wait():
     assert first._claims_now(fresh) and not second._claims_now(fresh)
     assert second._claims_now(due(10, OTHERS_AFTER + 1))  # waited: taken by whoever polls
     assert Executor(deploy=[])._claims_now(due(11, 0))  # alone: everything
+
+
+
+def test_the_loops_end_on_stop_without_being_cancelled():
+    """Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as its inner call completes: an
+    executor polled on after SIGTERM and never stopped. So the loops end when `stopping` is set, cancelled or not."""
+    executor = Executor(deploy=[], poll_seconds=0.05, heartbeat_seconds=0.05)
+    polls, watched = [], []
+
+    async def poll_once(_client) -> int:
+        polls.append(1)
+        return 0
+
+    async def step(_client) -> None:
+        watched.append(1)
+
+    executor.poll_once = poll_once
+    executor._heartbeat = executor._cancel_requested = executor.reap = step
+
+    async def scenario() -> None:
+        loops = [asyncio.create_task(executor._poll_loop(None)), asyncio.create_task(executor._watch_loop(None))]
+        await asyncio.sleep(0.3)
+        executor.stop()  # and no cancel: as if it had been swallowed
+        await asyncio.wait_for(asyncio.gather(*loops), 5)
+
+    asyncio.run(scenario())
+    assert len(polls) >= 2 and len(watched) >= 2  # they ran until told to stop
