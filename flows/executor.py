@@ -21,7 +21,9 @@ The executor keeps Prefect's guarantees by going through the server's orchestrat
   while Prefect's queue of due runs is short, so a burst waits in our DB and Prefect is fed as fast as runs are
   taken. A case whose executor is gone is started by the deadline watch after its grace.
 - **Stopping**: on SIGTERM/SIGINT it stops claiming, lets running runs finish for a grace period, and
-  reschedules whatever is still running, so nothing waits for the crash bound.
+  reschedules whatever is still running, so nothing waits for the crash bound. Prefect's per-run SIGTERM bridge
+  is turned off for its runs (it would end the whole executor at once), and a stop that hangs ends the process
+  25 s after the grace.
 
 `serve` (flows/serve.py) and Prefect workers (prefect.yaml) keep working for anyone who prefers them; use one way
 per installation. `python -m flows.executor` runs it; `HOTLINE_EXECUTOR=inprocess` makes `./run up` use it.
@@ -113,6 +115,7 @@ class Executor:
 
     async def run(self) -> None:
         _without_suspension_observer()
+        _without_sigterm_bridge()
         share_tls_context()
         await self.start()
         async with get_client() as client:
@@ -344,7 +347,9 @@ class Executor:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             flow_run = await client.read_flow_run(run_id)
-            if not flow_run.state.is_final() and not flow_run.state.is_paused():
+            state = flow_run.state
+            # the engine marks a run Crashed when its task is cancelled: that was us, so it is handed back too
+            if not state.is_paused() and (not state.is_final() or state.is_crashed()):
                 await self._hand_back(client, flow_run, f"executor {self.id} stopped")
 
 
@@ -365,6 +370,25 @@ def _without_suspension_observer() -> None:
         yield
 
     engine.observe_flow_run_suspension = unobserved
+
+
+def _without_sigterm_bridge() -> None:
+    """While a flow run executes, Prefect 3.8's engine replaces the process's SIGTERM handler with one that raises
+    TerminationSignal in the main thread: right for a process per run, wrong for an executor running many runs in
+    one event loop. The exception surfaced in the loop's `select`, ended the executor at once and marked the run
+    Crashed, which no one recovers: a rolling update would have crashed every case run in flight. The executor
+    handles SIGTERM itself (stop, let running runs finish for the grace, hand the rest back), so its runs go
+    without the bridge."""
+    import prefect.flow_engine as engine
+    if not hasattr(engine, "capture_sigterm"):
+        log.warning("prefect.flow_engine has no capture_sigterm: nothing to turn off")
+        return
+
+    @contextmanager
+    def uncaptured():
+        yield
+
+    engine.capture_sigterm = uncaptured
 
 
 async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:

@@ -253,6 +253,42 @@ def test_a_running_run_cancelled_by_an_operator_stops(inproc: Env, tmp_path):
         slow.wait(timeout=60)
 
 
+def test_sigterm_with_a_run_in_progress_drains_and_hands_it_back(inproc: Env, tmp_path):
+    """A rolling update: SIGTERM while a run executes. Prefect's engine would raise TerminationSignal in the
+    executor's event loop (ending it at once and marking the run Crashed, which nobody recovers); the executor
+    instead lets the run go on for its grace, then stops it and hands it back, and exits cleanly."""
+    log = inproc.stack.home / "logs" / "executor-sigterm.log"
+    slow = subprocess.Popen([sys.executable, "-m", "tests.slow_flow", str(tmp_path)], env=inproc.stack.env(),
+                            cwd=str(REPO_ROOT), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + STACK_TIMEOUT
+        while (r := inproc.prefect.get("/api/deployments/name/test-slow/slow")).status_code != 200:
+            assert time.monotonic() < deadline and slow.poll() is None, "the slow flow's executor did not start"
+            time.sleep(0.5)
+        r = inproc.prefect_post(f"/api/deployments/{r.json()['id']}/create_flow_run",
+                                {"parameters": {"seconds": 600, "tag": "long"}})
+        assert r.status_code == 201, r.text
+        run_id = r.json()["id"]
+        while not (tmp_path / "long.started").exists():
+            assert time.monotonic() < deadline and slow.poll() is None, "the slow flow did not start"
+            time.sleep(0.2)
+        began = time.monotonic()
+        os.killpg(slow.pid, signal.SIGTERM)
+        code = slow.wait(timeout=90)
+        took = time.monotonic() - began
+    finally:
+        if slow.poll() is None:
+            os.killpg(slow.pid, signal.SIGKILL)
+            slow.wait(timeout=20)
+    assert code == 0, log.read_text(errors="replace")[-3000:]
+    assert 15 <= took < 60, took  # it waited for the run (grace 20 s), then stopped well inside a pod's grace
+    run = inproc.flow_run(run_id)
+    # handed back: a case run would be rescheduled (replayed from the top); this flow is not replayable
+    assert run["state_type"] == "CRASHED" and run["state"]["message"].startswith("crashed: executor "), run["state"]
+    assert not (tmp_path / "long.finished").exists()
+
+
 def test_a_claimed_run_is_read_again_before_it_runs(inproc: Env):
     """The run as listed can be stale when its turn to be claimed comes: here it was paused (its pause key recorded
     by the server) and resumed after the listing. Prefect's engine writes the run's `empirical_policy` back from
