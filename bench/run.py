@@ -411,8 +411,8 @@ class Bench:
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
             ("- Topology: **scaled** (hotline/topology.py) — two Prefect API servers and a separate services "
              "process on Postgres with Redis messaging, two in-process executors (one per Prefect server), our API "
-             f"as two uvicorn workers, our DB on Postgres; intake only records the case (group commit) and the "
-             f"executors start the runs; "
+             "as two uvicorn workers, our DB on Postgres; intake only records the case (group commit) and the "
+             "executors start the runs; "
              + (f"Prefect and the executors at nice {self.stack.background_nice}; "
                 if getattr(self.stack, "background_nice", 0) else "every process at one priority; ")
              + f"deadline watch every {a.watch_seconds} s; webhooks to a local receiver that answers the bench's "
