@@ -44,6 +44,10 @@ SLA = {"urgency": {"normal": {"respond_within": "1h", "due_within": "2h"},
        "follow_up": {"window": "1h"}, "pause_reasons": ["citizen_unreachable"]}
 
 
+# Prefect's tables that grow with each lifecycle (rows written = the work of its API servers and services)
+PREFECT_TABLES = ("flow_run_state", "task_run", "task_run_state", "flow_run_input", "artifact", "log", "events")
+
+
 class Units:
     """Plays the units: answers the bench's lifecycle cases at once (accept, contacted, complete), records when
     each case's first webhook and each escalation webhook arrived."""
@@ -131,6 +135,20 @@ class Bench:
         from sqlalchemy import text
         with self.db().connect() as conn:
             return conn.execute(text(sql), params).scalar_one()
+
+    def prefect_rows(self) -> dict[str, int]:
+        """Rows in Prefect's own DB per table of the work a lifecycle makes it do (states, task runs, run inputs,
+        artifacts, logs, events): per lifecycle, where its server and services spend their time."""
+        from sqlalchemy import create_engine, text
+        url = self.stack.prefect_database_url or f"sqlite:///{self.home / 'prefect' / 'prefect.db'}"
+        url = url.replace("+asyncpg", "+psycopg").replace("+aiosqlite", "")
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return {name: conn.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
+                        for name in PREFECT_TABLES}
+        finally:
+            engine.dispose()
 
     def procs(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.stack.procs.items() if not name.startswith("bench-")}
@@ -323,14 +341,19 @@ class Bench:
         self.figures.append(Figure("empty flow runs/s through the in-process executor", inproc, "runs/s",
                                    ratio(inproc, base)))
 
-        cpu0 = self.cpu()
+        cpu0, rows0 = self.cpu(), self.prefect_rows()
         life, samples = self.lifecycle_waves(api, units, follow_up, a.lifecycles, a.lifecycle_waves)
         cpu1 = self.cpu()
+        time.sleep(5)  # Prefect's services write events and task runs a few seconds after they happen
+        rows1 = self.prefect_rows()
         self.figures.append(Figure("full lifecycles/s (intake → webhook → answers → follow-up → closed)", life,
                                    "cases/s", ratio(life, base), ">= 1.5"))
         for name in cpu1:
             per = (cpu1[name] - cpu0.get(name, 0)) / a.lifecycles if a.lifecycles else None
             self.figures.append(Figure(f"CPU per lifecycle: {name}", per, "s"))
+        for name in PREFECT_TABLES:  # the deadline watch's own runs in the meantime are counted too
+            per = (rows1[name] - rows0[name]) / a.lifecycles if a.lifecycles else None
+            self.figures.append(Figure(f"Prefect rows per lifecycle: {name}", per, "rows"))
 
         per_second = max(0.1, (life or 0.2) / 2)  # half the measured sustainable rate
         lat = self.latency(api, units, a.latency_cases, per_second)
