@@ -3,7 +3,8 @@
 The run waits (suspends, freeing its process) whenever the case waits for a unit, the citizen or the clock.
 Whatever answers — a unit's event, a lapsed deadline found by the deadline watch, a follow-up — is first written
 to our DB as a signal, then the run is resumed. A resumed run starts again from the top; every step is idempotent
-against the DB, so a replay re-does nothing and the loop simply applies what is new. Reads that decide the path
+against the DB, so a replay re-does nothing and the loop simply applies what is new, then waits anew (a wait is
+never replayed: the answer is the signal in our DB, not the run input). Reads that decide the path
 (`is_received`, `read_stage`) are plain calls, not task runs: each task run costs Prefect several API calls and
 events, and a replay would repeat them for nothing.
 """
@@ -18,8 +19,8 @@ from flows.control import show_stage
 from flows.waiting import suspend_as
 from models.states import CaseStatus
 from tasks.case_tasks import (
-    close_case, collect_case, deliver_webhooks, dispatch_case, is_received, mark_answered, prepare_wait,
-    read_stage, settle_case,
+    close_case, collect_case, deliver_webhooks, dispatch_case, is_received, prepare_wait, read_stage,
+    settle_case,
 )
 
 FINISHED = (CaseStatus.evaluating, CaseStatus.closed)
@@ -47,13 +48,12 @@ async def case_lifecycle(case_id: int) -> str:
 
 
 async def wait_for_answer(case_id: int) -> None:
-    """Suspend until a unit, the citizen or the clock answers. On replay, the same wait returns its answer."""
-    seq, pending = await prepare_wait(case_id)
-    if pending:  # something arrived while we were busy: apply it first
+    """Suspend until a unit, the citizen or the clock answers (the answer is in our DB; the resumed run starts
+    again from the top and `settle` applies it). Each wait has a key of its own, so no earlier wait is replayed."""
+    seq = await prepare_wait(case_id)
+    if seq is None:  # something arrived while we were busy: apply it first
         return
     view = await read_stage(case_id)  # the stage in words names the waiting state
     get_run_logger().info("case %s waits: %s (wait %s)", case_id, view.stage, seq)
-    answer = await suspend_as(view.stage, key=f"case-{case_id}-wait-{seq}", wait_for_input=CaseAnswer,
-                              on_suspended=lambda run_id: show_stage(run_id, view))
-    get_run_logger().info("case %s woken by %s (signal %s)", case_id, answer.kind, answer.signal_id)
-    await mark_answered(case_id, seq)
+    await suspend_as(view.stage, key=f"case-{case_id}-wait-{seq}", wait_for_input=CaseAnswer,
+                     on_suspended=lambda run_id: show_stage(run_id, view))

@@ -21,7 +21,7 @@ from flows import NO_RESULTS
 from flows.waiting import suspend_as
 from models.deliberations import DeliberationStep
 from tasks.deliberation_tasks import (
-    carry_out_items, mark_answered, prepare_wait, send_notices, settle_deliberation,
+    carry_out_items, prepare_wait, send_notices, settle_deliberation,
 )
 
 
@@ -44,9 +44,10 @@ async def deliberation_process(deliberation_id: int) -> str:
 
 
 async def wait_for_answer(deliberation_id: int, state: dict) -> None:
-    """Suspend until the organisers or the deadline watch answer. On replay, the same wait returns its answer."""
-    seq, pending = await prepare_wait(deliberation_id)
-    if pending:
+    """Suspend until the organisers or the deadline watch answer; the resumed run starts again from the top and
+    applies the answer from our DB (each wait has a key of its own, as for cases)."""
+    seq = await prepare_wait(deliberation_id)
+    if seq is None:
         return
     get_run_logger().info("deliberation %s waits: %s (wait %s)", deliberation_id, state["stage"], seq)
 
@@ -54,7 +55,5 @@ async def wait_for_answer(deliberation_id: int, state: dict) -> None:
         async with get_client() as client:
             await client.update_flow_run(run_id, tags=state["tags"])
 
-    answer = await suspend_as(state["stage"], key=f"deliberation-{deliberation_id}-wait-{seq}",
-                              wait_for_input=DeliberationAnswer, on_suspended=show_step)
-    get_run_logger().info("deliberation %s woken by %s (signal %s)", deliberation_id, answer.kind, answer.signal_id)
-    await mark_answered(deliberation_id, seq)
+    await suspend_as(state["stage"], key=f"deliberation-{deliberation_id}-wait-{seq}",
+                     wait_for_input=DeliberationAnswer, on_suspended=show_step)

@@ -31,7 +31,7 @@ T = TypeVar("T")
 def after_proposal(state) -> str:
     """What the server's answer to our proposed pause means:
     - "paused": accepted, the run now waits;
-    - "replay": refused because this pause already fired (same key): the run was resumed and this is its replay;
+    - "replay": refused because this pause already fired (same key): the run was resumed before at this key;
     - "resumed": the pause was accepted and a resume came before we heard back (e.g. Prefect's SQLite held our
       request for a minute while a unit answered): the run is Scheduled (Resuming) or already Pending again.
     Anything else (a cancelled or failed run) cannot be suspended."""
@@ -50,8 +50,10 @@ async def suspend_as(state_name: str, *, key: str, wait_for_input: type[T],
     `on_suspended(flow_run_id)` runs once the server has accepted the suspension (not on a replay); its failure
     is logged and does not keep the run from suspending.
 
-    Replays return the input: once resumed, the run starts again from the top and proposing the same suspension
-    (same `key`) is rejected by the server as already answered, so the saved input is loaded and returned."""
+    Our flows take a new `key` for every wait (the answer itself is a signal in our DB, applied when the resumed run
+    starts again from the top), so a pause is normally never proposed twice. If it is (a key that fired before,
+    e.g. after our DB was restored from a backup), the server refuses it as already answered and the saved input
+    is returned at once: the caller goes on and waits again under its next key."""
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         raise RuntimeError("only a running flow can suspend itself")

@@ -294,10 +294,13 @@ def pending_signals(session: Session, case_id: int) -> list[CaseSignal]:
     ).all())
 
 
-def settle(session: Session, case_id: int) -> CaseStatus:
-    """Apply every pending signal in arrival order; each is applied once (marked processed with the change)."""
+def settle(session: Session, case_id: int, applied: list[str] | None = None) -> CaseStatus:
+    """Apply every pending signal in arrival order; each is applied once (marked processed with the change).
+    `applied`, if given, receives "<kind> #<signal id>" of each (for the run's log)."""
     case = lock_case(session, case_id)
     for signal in pending_signals(session, case_id):
+        if applied is not None:
+            applied.append(f"{signal.kind} #{signal.id}")
         handler = _HANDLERS.get(signal.kind)
         if handler is not None and case.status not in (CaseStatus.evaluating, CaseStatus.closed):
             handler(session, case, signal.payload)
@@ -444,18 +447,16 @@ _HANDLERS = {
 
 # ---------------------------------------------------------------- waiting and closing (flow)
 
-def current_wait(session: Session, case_id: int) -> tuple[int, bool]:
-    """Before a suspension: the wait number (its run-input key) and whether signals are already pending."""
+def next_wait(session: Session, case_id: int) -> int | None:
+    """Before a suspension: the number of the new wait (its own pause key and run-input key), or None when signals
+    are already pending (apply them first). Every suspension takes a new number, so a resumed run never proposes
+    an earlier wait again: it re-reads the case from our DB and waits anew."""
     case = lock_case(session, case_id)
-    return case.wait_seq, bool(pending_signals(session, case_id))
-
-
-def finish_wait(session: Session, case_id: int, seq: int) -> None:
-    """The wait `seq` was answered: the next wait gets a new key. Idempotent on replay."""
-    case = lock_case(session, case_id)
-    if case.wait_seq == seq:
-        case.wait_seq = seq + 1
-        session.add(case)
+    if pending_signals(session, case_id):
+        return None
+    case.wait_seq += 1
+    session.add(case)
+    return case.wait_seq
 
 
 def evaluate_and_close(session: Session, case_id: int) -> Case:

@@ -537,16 +537,15 @@ def signal_items_done(session: Session, limit: int = 200) -> list[int]:
     return found
 
 
-def current_wait(session: Session, deliberation_id: int) -> tuple[int, bool]:
+def next_wait(session: Session, deliberation_id: int) -> int | None:
+    """Before a suspension: the number of the new wait, or None when signals are already pending (as for cases:
+    services.cases.next_wait)."""
     deliberation = lock(session, deliberation_id)
-    return deliberation.wait_seq, bool(pending_signals(session, deliberation_id))
-
-
-def finish_wait(session: Session, deliberation_id: int, seq: int) -> None:
-    deliberation = lock(session, deliberation_id)
-    if deliberation.wait_seq == seq:
-        deliberation.wait_seq = seq + 1
-        session.add(deliberation)
+    if pending_signals(session, deliberation_id):
+        return None
+    deliberation.wait_seq += 1
+    session.add(deliberation)
+    return deliberation.wait_seq
 
 
 def waiting_runs(session: Session) -> list[tuple[str, int]]:

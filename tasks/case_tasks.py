@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import asyncio
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import OperationalError
 
 from hotline.db import read_scope, session_scope
 from models.states import CaseStatus
-from notifications.webhooks import deliver_due
+from notifications.webhooks import deliver_due, due_deliveries
 from services import cases
 from services.run_view import RunView, run_view
 
@@ -54,17 +54,17 @@ async def dispatch_case(case_id: int) -> str | None:
 @step(name="settle")
 async def settle_case(case_id: int) -> CaseStatus:
     """Apply the answers that arrived (unit events, lapsed deadlines, follow-up) and return the stage."""
-    return await in_session(cases.settle, case_id)
+    applied: list[str] = []
+    status = await in_session(cases.settle, case_id, applied)
+    if applied:
+        get_run_logger().info("case %s applied %s: now %s", case_id, ", ".join(applied), status)
+    return status
 
 
 @step(name="prepare-wait")
-async def prepare_wait(case_id: int) -> tuple[int, bool]:
-    return await in_session(cases.current_wait, case_id)
-
-
-@step(name="answered")
-async def mark_answered(case_id: int, seq: int) -> None:
-    await in_session(cases.finish_wait, case_id, seq)
+async def prepare_wait(case_id: int) -> int | None:
+    """The new wait's number, or None when an answer is already pending."""
+    return await in_session(cases.next_wait, case_id)
 
 
 @step(name="close")
@@ -77,9 +77,17 @@ async def close_case(case_id: int) -> dict:
 
 
 @task(name="deliver-webhooks", cache_policy=NO_CACHE)
-async def deliver_webhooks(case_id: int | None = None) -> dict[str, int]:
-    """Send due webhooks; failures stay pending with backoff and the deadline watch retries them."""
+async def send_webhooks(case_id: int) -> dict[str, int]:
+    """Send the case's due webhooks; failures stay pending with backoff and the deadline watch retries them."""
     return await deliver_due(case_id)
+
+
+async def deliver_webhooks(case_id: int) -> dict[str, int] | None:
+    """Send the case's due webhooks as a task run, if any are due. The check is a plain read: most waits (a unit
+    accepting, a reminder) queue nothing to send, and a task run costs Prefect several events."""
+    if not await asyncio.to_thread(due_deliveries, case_id, 1):
+        return None
+    return await send_webhooks(case_id)
 
 
 

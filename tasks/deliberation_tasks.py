@@ -47,10 +47,6 @@ async def send_notices(deliberation_id: int) -> dict[str, int]:
 
 
 @step(name="prepare-wait")
-async def prepare_wait(deliberation_id: int) -> tuple[int, bool]:
-    return await in_session(deliberations.current_wait, deliberation_id)
-
-
-@step(name="answered")
-async def mark_answered(deliberation_id: int, seq: int) -> None:
-    await in_session(deliberations.finish_wait, deliberation_id, seq)
+async def prepare_wait(deliberation_id: int) -> int | None:
+    """The new wait's number, or None when an answer is already pending."""
+    return await in_session(deliberations.next_wait, deliberation_id)
