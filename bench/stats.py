@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -70,6 +71,27 @@ def cpu_seconds(pid: int, *, with_children: bool = True) -> float:
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
         total += (utime + stime + (cutime + cstime if p == pid else 0)) / _TICKS
     return total
+
+
+def machine_cpu_seconds(stat_line: str | None = None) -> float:
+    """CPU seconds the whole machine has been busy (every core, every process, the kernel), from /proc/stat's
+    first line: all time but idle and I/O wait."""
+    if stat_line is None:
+        with open("/proc/stat") as f:
+            stat_line = f.readline()
+    ticks = [int(x) for x in stat_line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICKS
+
+
+def speed_probe(loops: int = 3_000_000) -> float:
+    """CPU seconds of a fixed pure-Python loop in this process: how fast the machine runs Python right now. On a
+    shared virtual machine the same work took 1.4 s at one moment and 2.1 s a few minutes later, so runs are
+    compared with this beside them."""
+    started = time.process_time()
+    total = 0
+    for i in range(loops):
+        total += i
+    return time.process_time() - started
 
 
 def rss_mb(pid: int) -> tuple[float | None, float | None]:

@@ -8,7 +8,10 @@ import time
 
 import pytest
 
-from bench.stats import Figure, cpu_seconds, lost, percentile, rate, ratio, rss_mb, slope, table, tree_rss_mb
+from bench.stats import (
+    _TICKS, Figure, cpu_seconds, lost, machine_cpu_seconds, percentile, rate, ratio, rss_mb, slope, speed_probe, table,
+    tree_rss_mb,
+)
 
 
 def test_percentiles_interpolate_between_ranks():
@@ -45,6 +48,16 @@ def test_process_cpu_and_memory_from_proc():
     current, peak = rss_mb(os.getpid())
     assert current and peak and peak >= current > 10
     assert rss_mb(2 ** 22 + 12345) == (None, None)  # no such process
+
+
+def test_the_machines_busy_time_and_speed():
+    line = "cpu  100 20 30 1000 50 5 5 10 0 0"  # user nice system idle iowait irq softirq steal guest guest_nice
+    assert machine_cpu_seconds(line) == pytest.approx((100 + 20 + 30 + 5 + 5 + 10) / _TICKS)  # not idle, not iowait
+    before, deadline = machine_cpu_seconds(), time.monotonic() + 10
+    while machine_cpu_seconds() <= before and time.monotonic() < deadline:  # busy for a clock tick or more
+        sum(i * i for i in range(100_000))
+    assert machine_cpu_seconds() > before
+    assert 0 < speed_probe(100_000) < speed_probe(1_000_000)
 
 
 def test_memory_of_a_process_tree_and_its_slope():
