@@ -21,6 +21,20 @@ import httpx
 from hotline.settings import REPO_ROOT
 
 
+# Prefect's services read the event stream one message at a time by default, and the task run recorder writes one
+# task run state per transaction: on Postgres with Redis its backlog grew a minute behind 0.75 lifecycles/s, its
+# CPU spent after the work it recorded (docs/performance.md). Read and write in batches; flush at least every second.
+PREFECT_SERVICES_BATCHING = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_READ_BATCH_SIZE": "100",
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,6 +102,7 @@ class Stack:
             # are not shipped (their states are in the UI; flow-level logs and task failures still are)
             "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
             "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
+            **PREFECT_SERVICES_BATCHING,
             "HOTLINE_HOME": str(self.home),
             "HOTLINE_API_PORT": str(self.api_port),
             "HOTLINE_ADMIN_TOKEN": admin_token(self.home),
