@@ -5,22 +5,25 @@ Whatever answers — a unit's event, a lapsed deadline found by the deadline wat
 to our DB as a signal, then the run is resumed. A resumed run starts again from the top; every step is idempotent
 against the DB, so a replay re-does nothing and the loop simply applies what is new, then waits anew (a wait is
 never replayed: the answer is the signal in our DB, not the run input). Reads that decide the path
-(`is_received`, `read_stage`) are plain calls, not task runs: each task run costs Prefect several API calls and
-events, and a replay would repeat them for nothing.
+(`is_received`, `read_stage`) and the run's own bookkeeping (`prepare_wait`) are plain calls, not task runs: each
+task run costs Prefect several events, and a replay would repeat them for nothing.
 """
 from __future__ import annotations
+
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from flows import NO_RESULTS
-from flows.control import show_stage
+from flows.control import show_stage, wake
 from flows.waiting import suspend_as
 from models.states import CaseStatus
+from services.run_view import RunView
 from tasks.case_tasks import (
-    close_case, collect_case, deliver_webhooks, dispatch_case, is_received, prepare_wait, read_stage,
-    settle_case,
+    close_case, collect_case, deliver_webhooks, dispatch_case, first_pending_signal, is_received, prepare_wait,
+    read_stage, settle_case,
 )
 
 FINISHED = (CaseStatus.evaluating, CaseStatus.closed)
@@ -56,4 +59,12 @@ async def wait_for_answer(case_id: int) -> None:
     view = await read_stage(case_id)  # the stage in words names the waiting state
     get_run_logger().info("case %s waits: %s (wait %s)", case_id, view.stage, seq)
     await suspend_as(view.stage, key=f"case-{case_id}-wait-{seq}", wait_for_input=CaseAnswer,
-                     on_suspended=lambda run_id: show_stage(run_id, view))
+                     on_suspended=lambda run_id: after_suspension(case_id, run_id, view))
+
+
+async def after_suspension(case_id: int, run_id: UUID, view: RunView) -> None:
+    """Show the stage; then, if an answer came in between the check above and the pause (its own wake found the
+    run still running), wake the run now rather than leave it to the deadline watch's next round."""
+    await show_stage(run_id, view)
+    if (pending := await first_pending_signal(case_id)) is not None:
+        await wake(str(run_id), *pending)

@@ -253,9 +253,18 @@ def apply_unit_event(*, session: Session, unit: Unit, work_order_id: int, event:
     record(session, case, f"unit.{kind}", event.get("note") or event.get("reason"), actor=unit.code,
            work_order_id=wo.id, **({"resolved": event.get("resolved")} if kind == "complete" else {}),
            **({"event_id": event_id} if event_id else {}))
+    if wo.role == "lead" and kind not in LEAD_EVENTS_FOR_THE_FLOW:  # recorded above; nothing for the run to do
+        return {"status": wo.status, "duplicate": False, "signal_id": None}
     signal = add_signal(session, case.id, "unit_event", work_order_id=wo.id, type=kind, note=event.get("note"),
                         at=local(at).isoformat())
     return {"status": wo.status, "duplicate": False, "signal_id": signal.id if signal else None}
+
+
+# A lead unit's answers that move the case (`_on_unit_event`): each leaves a signal and wakes the case's run. Its
+# `contacted` and `progress` notes change the order, its clock and the timeline (all written above) but nothing the
+# run does, so they do not wake it: a run execution costs Prefect a dozen calls and events. A co-handling unit's
+# answers all go to the lead unit (`_report_to_lead`), so each of them wakes the run.
+LEAD_EVENTS_FOR_THE_FLOW = frozenset({"accept", "complete", "reject"})
 
 
 def record_follow_up(*, session: Session, case_id: int, answer: dict[str, Any], actor: str) -> dict:
@@ -292,6 +301,17 @@ def pending_signals(session: Session, case_id: int) -> list[CaseSignal]:
         select(CaseSignal).where(CaseSignal.case_id == case_id, CaseSignal.processed_at.is_(None))  # type: ignore
         .order_by(col(CaseSignal.id))
     ).all())
+
+
+def status_of(session: Session, case_id: int) -> CaseStatus:
+    return session.exec(select(Case.status).where(Case.id == case_id)).one()
+
+
+def first_pending_signal(session: Session, case_id: int) -> tuple[str, int] | None:
+    signal = session.exec(select(CaseSignal).where(CaseSignal.case_id == case_id,
+                                                   col(CaseSignal.processed_at).is_(None))
+                          .order_by(col(CaseSignal.id)).limit(1)).first()
+    return (signal.kind, signal.id) if signal else None
 
 
 def settle(session: Session, case_id: int, applied: list[str] | None = None) -> CaseStatus:

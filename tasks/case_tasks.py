@@ -1,4 +1,6 @@
-"""The steps of a case, each a small task. They are idempotent: on replay they find the work done and do nothing."""
+"""The steps of a case, each a small task, idempotent: on replay they find the work done and do nothing. The reads
+and the bookkeeping between them are plain calls (below): a task run costs Prefect several events, so a step that
+has nothing to do (no answer to apply, no webhook due) is not made a task run."""
 from __future__ import annotations
 
 import asyncio
@@ -51,20 +53,21 @@ async def dispatch_case(case_id: int) -> str | None:
     return case.lead_unit
 
 
-@step(name="settle")
 async def settle_case(case_id: int) -> CaseStatus:
-    """Apply the answers that arrived (unit events, lapsed deadlines, follow-up) and return the stage."""
+    """Apply the answers that arrived (unit events, lapsed deadlines, follow-up) and return the case's status: a
+    task run when there is an answer to apply, else a plain read (a new case, or a run woken for nothing)."""
+    if await first_pending_signal(case_id) is None:
+        return await in_read(cases.status_of, case_id)
+    return await settle(case_id)
+
+
+@step(name="settle")
+async def settle(case_id: int) -> CaseStatus:
     applied: list[str] = []
     status = await in_session(cases.settle, case_id, applied)
     if applied:
         get_run_logger().info("case %s applied %s: now %s", case_id, ", ".join(applied), status)
     return status
-
-
-@step(name="prepare-wait")
-async def prepare_wait(case_id: int) -> int | None:
-    """The new wait's number, or None when an answer is already pending."""
-    return await in_session(cases.next_wait, case_id)
 
 
 @step(name="close")
@@ -90,7 +93,6 @@ async def deliver_webhooks(case_id: int) -> dict[str, int] | None:
     return await send_webhooks(case_id)
 
 
-
 def in_read(fn, *args):
     """Run `fn(session, *args)` in a worker thread, reading only."""
     def run():
@@ -109,3 +111,14 @@ async def is_received(case_id: int) -> bool:
     """Still as received (受理 and 派单 not done yet)? A plain read, not a task run: a resumed run skips both steps
     without asking Prefect for two task runs that would do nothing."""
     return await in_read(cases.is_received, case_id)
+
+
+async def prepare_wait(case_id: int) -> int | None:
+    """The new wait's number, or None when an answer is already pending. A plain call, not a task run: it is the
+    run's own bookkeeping, not a step of the case."""
+    return await in_session(cases.next_wait, case_id)
+
+
+async def first_pending_signal(case_id: int) -> tuple[str, int] | None:
+    """(kind, id) of the oldest answer not applied yet, if any. A plain read."""
+    return await in_read(cases.first_pending_signal, case_id)

@@ -46,7 +46,6 @@ async def send_notices(deliberation_id: int) -> dict[str, int]:
     return await deliver_due(deliberation_id=deliberation_id)
 
 
-@step(name="prepare-wait")
 async def prepare_wait(deliberation_id: int) -> int | None:
-    """The new wait's number, or None when an answer is already pending."""
+    """The new wait's number, or None when an answer is already pending. A plain call, as for cases."""
     return await in_session(deliberations.next_wait, deliberation_id)
