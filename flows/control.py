@@ -10,9 +10,11 @@ from uuid import UUID
 
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect.flow_runs import NotPausedError, resume_flow_run
 
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from hotline.clock import now
@@ -50,6 +52,12 @@ def unstarted_cases(*, limit: int, older_than_seconds: float = 0, shard: tuple[i
         query = query.where(col(Case.id) % count == index)
     with read_scope() as session:
         return list(session.exec(query.order_by(col(Case.id)).limit(limit)).all())
+
+
+def newest_case_id() -> int:
+    """The id of the newest recorded case (0 for none): its growth is intake's rate. One index lookup."""
+    with read_scope() as session:
+        return session.exec(select(func.max(Case.id))).one() or 0
 
 
 async def start_cases(recorded: list[Case], concurrency: int = 8) -> int:
@@ -103,17 +111,30 @@ async def _start_run(deployment: str, model: type, record_id: int, kind: str, na
 
 async def wake(flow_run_id: str | None, kind: str, signal_id: int | None = None) -> bool:
     """Resume a waiting case (or deliberation) run with a typed input. False when it is not waiting (it will see
-    the signal anyway)."""
+    the signal anyway).
+
+    Prefect's `resume_flow_run` helper reads the run first to refuse one that is not paused; the server refuses
+    that itself (ABORT), so the client's own `resume_flow_run` is called directly: one request per wake, not two."""
     if not flow_run_id:
         return False
     try:
-        await resume_flow_run(UUID(flow_run_id), run_input={"kind": kind, "signal_id": signal_id})
-        return True
-    except (NotPausedError, ObjectNotFound):
+        async with get_client() as client:
+            result = await client.resume_flow_run(UUID(flow_run_id), run_input={"kind": kind, "signal_id": signal_id})
+    except ObjectNotFound:
         return False
-    except Exception as exc:  # Prefect unreachable or refused: the deadline watch wakes it later
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code in (404, 409):  # gone, or resumed by another waker at the same moment
+            return False
         log.warning("could not wake flow run %s: %s", flow_run_id, exc)
         return False
+    except Exception as exc:  # Prefect unreachable: the deadline watch wakes it later
+        log.warning("could not wake flow run %s: %s", flow_run_id, exc)
+        return False
+    if result.status == SetStateStatus.ACCEPT:
+        return True
+    if result.status != SetStateStatus.ABORT:  # ABORT: not paused (running, or already resumed)
+        log.warning("flow run %s not woken: %s %s", flow_run_id, result.status.value, result.details)
+    return False
 
 
 WAKE_TIMEOUT_SECONDS = 20
@@ -129,30 +150,55 @@ def in_background(coro) -> asyncio.Task:
     return task
 
 
+# run id -> [the loop whose wake is in flight, the wake asked for meanwhile (kind, signal id) or None]
+_waking: dict[str, list] = {}
+
+
 def wake_soon(flow_run_id: str | None, kind: str, signal_id: int | None = None) -> None:
     """Wake a case run in the background, so an API answer never waits on Prefect.
 
     The signal is already committed to our DB; a busy Prefect server (its client retries 503s for up to a minute)
-    only delays the wake, and whatever this misses the deadline watch wakes on its next pass."""
+    only delays the wake, and whatever this misses the deadline watch wakes on its next pass. Wakes of one run
+    are coalesced in this process: while one is in flight, later ones become a single wake after it (two resumes
+    of one pause at once cost Prefect a refused insert and a logged traceback each, and wake nothing more)."""
     if not flow_run_id:
         return
+    in_flight = _waking.get(flow_run_id)
+    if in_flight is not None and not in_flight[0].is_closed():
+        in_flight[1] = (kind, signal_id)
+        return
+    entry = _waking[flow_run_id] = [asyncio.get_running_loop(), None]
 
     async def bounded() -> None:
+        answer: tuple[str, int | None] | None = (kind, signal_id)
         try:
-            async with asyncio.timeout(WAKE_TIMEOUT_SECONDS):
-                await wake(flow_run_id, kind, signal_id)
-        except TimeoutError:
-            log.warning("waking flow run %s timed out; the deadline watch will wake it", flow_run_id)
+            while answer is not None:
+                try:
+                    async with asyncio.timeout(WAKE_TIMEOUT_SECONDS):
+                        await wake(flow_run_id, *answer)
+                except TimeoutError:
+                    log.warning("waking flow run %s timed out; the deadline watch will wake it", flow_run_id)
+                answer, entry[1] = entry[1], None
+        finally:
+            if _waking.get(flow_run_id) is entry:
+                del _waking[flow_run_id]
 
     in_background(bounded())
 
 
 async def show_stage(flow_run_id: str, view: RunView) -> None:
-    """Operators' view of a case run: its tags and its timeline artifact (one new version per stage)."""
+    """Operators' view of a case run: its tags and its timeline artifact (one new version per stage). The tags are
+    written only when they changed (the running run knows its own)."""
     await acreate_markdown_artifact(markdown=view.markdown, key=view.artifact_key,
                                     description=f"{view.stage}: the case's work orders, escalations and timeline")
+    context = FlowRunContext.get()
+    if context and context.flow_run and str(context.flow_run.id) == str(flow_run_id) and sorted(
+            context.flow_run.tags) == sorted(view.tags):
+        return
     async with get_client() as client:  # tags last: a run tagged with a stage has that stage's artifact
         await client.update_flow_run(UUID(str(flow_run_id)), tags=view.tags)
+    if context and context.flow_run and str(context.flow_run.id) == str(flow_run_id):
+        context.flow_run.tags = list(view.tags)
 
 
 class _SharedTLS:

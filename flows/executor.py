@@ -19,7 +19,9 @@ The executor keeps Prefect's guarantees by going through the server's orchestrat
 - **Starting runs** (`HOTLINE_RUN_STARTER=executor`, the scaled shape): intake only records a case, and each
   executor starts the runs of recorded cases in its share (ids with id % n == i)
   while Prefect's queue of due runs is short, so a burst waits in our DB and Prefect is fed as fast as runs are
-  taken. A case whose executor is gone is started by the deadline watch after its grace.
+  taken; while intake takes a burst (`HOTLINE_STARTER_HOLD_RATE` cases/s), it starts none for up to
+  `HOTLINE_STARTER_MAX_HOLD_SECONDS`, so callers are answered first. A case whose executor is gone is started by
+  the deadline watch after its grace.
 - **Stopping**: on SIGTERM/SIGINT it stops claiming, lets running runs finish for a grace period, and
   reschedules whatever is still running, so nothing waits for the crash bound. Prefect's per-run SIGTERM bridge
   is turned off for its runs (it would end the whole executor at once), and a stop that hangs ends the process
@@ -37,6 +39,8 @@ import secrets
 import signal
 import socket
 import threading
+import time
+from collections import deque
 from contextlib import contextmanager
 from datetime import timedelta
 from uuid import UUID
@@ -57,7 +61,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from flows.case_flow import case_lifecycle
-from flows.control import share_tls_context, start_cases, unstarted_cases
+from flows.control import newest_case_id, share_tls_context, start_cases, unstarted_cases
 from flows.deliberation_flow import deliberation_process
 from flows.serve import deployment_options
 from hotline.clock import now
@@ -75,6 +79,7 @@ REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: wai
 OTHERS_AFTER = 2.0  # seconds a due run of another executor's share waits before this one claims it
 STOP_MARGIN_SECONDS = 25  # a stop ends the process this long after the grace for running runs
 START_BATCH = 16  # recorded cases one executor's starter starts per round, and the due runs it lets queue in Prefect
+HOLD_WINDOW = 2.0  # seconds over which intake's rate is judged (Executor.intake_busy)
 
 
 class Executor:
@@ -83,7 +88,7 @@ class Executor:
     def __init__(self, *, limit: int = 100, poll_seconds: float = 0.5, heartbeat_seconds: float = 5,
                  dead_after_seconds: float = 30, grace_seconds: float = 20, executor_id: str | None = None,
                  deploy: list[tuple[Flow, dict]] | None = None, shard: tuple[int, int] = (0, 1),
-                 starts_recorded: bool = False):
+                 starts_recorded: bool = False, hold_rate: float = 0, max_hold_seconds: float = 60):
         """`deploy`: the flows to serve with their deployment options (default: ours, flows/serve.py).
         `shard` (i, n): this executor claims first the due runs whose id % n == i, and with `starts_recorded` starts
         the runs of recorded cases whose id % n == i (otherwise intake starts them)."""
@@ -94,6 +99,11 @@ class Executor:
         self.grace_seconds = grace_seconds
         self.shard, self.starts_recorded = shard, starts_recorded
         self.due_waiting = 0  # due runs the last poll listed but did not take: the starter holds back meanwhile
+        self.hold_rate, self.max_hold = hold_rate, max_hold_seconds  # callers first (intake_busy)
+        self.intake_seen: deque[tuple[float, int]] = deque()  # (monotonic time, newest case id)
+        self.clock = time.monotonic
+        self.holding_since: float | None = None
+        self.hold_ended_at: float | None = None
         self.flows: dict[UUID, Flow] = {}        # deployment id -> flow
         self.running: dict[UUID, asyncio.Task] = {}
         self.stopping = asyncio.Event()
@@ -190,17 +200,47 @@ class Executor:
 
     async def start_recorded(self) -> int:
         """Start the runs of recorded cases in this executor's shard, oldest first, as many as there is room for:
-        no more than START_BATCH due runs left waiting in Prefect, nor more than free slots. Returns how many."""
+        no more than START_BATCH due runs left waiting in Prefect, nor more than free slots, and none while intake
+        takes a burst (`intake_busy`). Returns how many."""
+        if self.stopping.is_set() or not self.starts_recorded:
+            return 0
+        holding = self.intake_busy(await asyncio.to_thread(newest_case_id), self.clock())
         room = min(START_BATCH - self.due_waiting, self.limit - len(self.running))
-        if room <= 0 or self.stopping.is_set() or not self.starts_recorded:
+        if room <= 0 or holding:
             return 0
         recorded = await asyncio.to_thread(unstarted_cases, limit=room, shard=self.shard)
         started = await start_cases(recorded)
         self.due_waiting += started
         return started
 
+    def intake_busy(self, newest_id: int, at: float) -> bool:
+        """Callers first. Starting a run costs Prefect, the executors and the DB far more than recording a case,
+        and on shared machines (or a shared DB) it takes their CPU from intake. So while intake records more than
+        `hold_rate` cases per second (over the last HOLD_WINDOW seconds: a burst, far above a district's peak),
+        the starters start nothing and the burst is answered at intake's own rate; its cases wait in our DB. A hold
+        lasts at most `max_hold` seconds, then the starters start as usual for as long again before they may hold
+        again, so orders still go out within minutes of a long surge."""
+        self.intake_seen.append((at, newest_id))
+        while len(self.intake_seen) > 2 and at - self.intake_seen[1][0] >= HOLD_WINDOW:
+            self.intake_seen.popleft()  # keep the newest sample at least HOLD_WINDOW old as the base
+        first_at, first_id = self.intake_seen[0]
+        busy = self.hold_rate > 0 and at - first_at > 0 and (newest_id - first_id) / (at - first_at) > self.hold_rate
+        if not busy:
+            self.holding_since = None
+            return False
+        if self.holding_since is None:
+            if self.hold_ended_at is not None and at - self.hold_ended_at < self.max_hold:
+                return False  # a long surge: start as usual between two holds
+            self.holding_since = at
+            log.info("intake is taking a burst: holding run starts (at most %.0f s)", self.max_hold)
+        if at - self.holding_since > self.max_hold:
+            self.holding_since, self.hold_ended_at = None, at
+            return False
+        return True
+
     async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> FlowRun | None:
-        """Propose Pending: the server accepts it for one claimant only. Then mark the run as ours and read it again.
+        """Propose Pending: the server accepts it for one claimant only. Then read the run again and mark it as ours
+        (unless it already is: a run comes back to the executor of its share at every wake).
 
         The run as listed may be stale by the time it is claimed (claims go one by one): another executor may have
         run it, paused it and had it resumed meanwhile. Prefect's engine writes the run's `empirical_policy` back
@@ -214,9 +254,12 @@ class Executor:
             return None
         if response.status != SetStateStatus.ACCEPT or not response.state or not response.state.is_pending():
             return None  # another executor claimed it, a concurrency limit refused it, or not yet (WAIT)
-        await client.update_flow_run(flow_run.id, infrastructure_pid=self.id)
         self.counts["claimed"] += 1
-        return await client.read_flow_run(flow_run.id)
+        claimed = await client.read_flow_run(flow_run.id)
+        if claimed.infrastructure_pid != self.id:  # read after the claim: nobody else can change it meanwhile
+            await client.update_flow_run(flow_run.id, infrastructure_pid=self.id)
+            claimed.infrastructure_pid = self.id
+        return claimed
 
     async def _execute(self, flow_run: FlowRun) -> None:
         """Run one claimed run through Prefect's engine; a pause (suspension) simply ends this execution."""
@@ -396,7 +439,8 @@ async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
     settings = get_settings()
     executor = Executor(limit=settings.executor_limit, heartbeat_seconds=settings.executor_heartbeat_seconds,
                         dead_after_seconds=settings.executor_dead_after_seconds, deploy=deploy,
-                        shard=settings.shard, starts_recorded=settings.run_starter == "executor")
+                        shard=settings.shard, starts_recorded=settings.run_starter == "executor",
+                        hold_rate=settings.starter_hold_rate, max_hold_seconds=settings.starter_max_hold_seconds)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stop_within, executor, executor.grace_seconds + STOP_MARGIN_SECONDS)

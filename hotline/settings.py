@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         description="who starts a recorded case's flow run: api (intake starts it, waiting up to "
         "intake_wait_seconds) or executor (intake only records the case; the in-process executors start the runs "
         "of recorded cases from our DB as they have room: a burst waits in our DB, not in Prefect)")
+    starter_hold_rate: float = Field(
+        default=20, ge=0,
+        description="callers first: while intake records more than this many cases per second (a burst, far above "
+        "a district's peak), the executors' starters start no runs, for at most starter_max_hold_seconds at a "
+        "time; 0: never hold")
+    starter_max_hold_seconds: float = Field(default=60, gt=0)
     executor_shard: str = Field(
         default="0/1", pattern=r"^\d+/[1-9]\d*$",
         description="in-process executor i/n: with run_starter=executor it starts the cases whose id % n == i")

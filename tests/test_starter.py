@@ -115,3 +115,29 @@ def test_the_loops_end_on_stop_without_being_cancelled():
 
     asyncio.run(scenario())
     assert len(polls) >= 2 and len(watched) >= 2  # they ran until told to stop
+
+
+def test_callers_first_the_starter_holds_while_intake_takes_a_burst(db, started):
+    """Above the hold rate the starter starts nothing, for at most the longest hold, then as usual for as long
+    again; below it, it starts at once. Time is given, not waited for."""
+    executor = Executor(deploy=[], starts_recorded=True, hold_rate=20, max_hold_seconds=60)
+    assert not executor.intake_busy(100, at=0.0)       # one sample: no rate yet
+    assert not executor.intake_busy(110, at=1.0)       # 10 cases/s: a district's peak, not a burst
+    assert executor.intake_busy(200, at=2.0)           # 90 in 1 s (over the last 2 s: 45/s): hold
+    assert executor.intake_busy(10_000, at=61.0)       # still a burst, still within the longest hold
+    assert not executor.intake_busy(20_000, at=63.0)   # held 61 s: start again,
+    assert not executor.intake_busy(30_000, at=100.0)  # and go on starting through the surge for as long again
+    assert executor.intake_busy(40_000, at=124.0)      # then hold again
+    assert not executor.intake_busy(40_001, at=127.0)  # one case in the last 3 s: the burst is over
+
+    never = Executor(deploy=[], hold_rate=0)
+    assert not never.intake_busy(0, at=0.0) and not never.intake_busy(10_000, at=1.0)
+
+
+def test_the_starter_starts_the_burst_once_it_is_over(db, started):
+    executor = Executor(deploy=[], starts_recorded=True, hold_rate=20)
+    executor.clock = iter([0.0, 0.5, 5.0]).__next__
+    assert asyncio.run(executor.start_recorded()) == 0  # nothing recorded yet
+    record(50)  # 50 cases in half a second
+    assert asyncio.run(executor.start_recorded()) == 0 and started == []
+    assert asyncio.run(executor.start_recorded()) == START_BATCH  # 4.5 s later: the burst is over
