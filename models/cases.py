@@ -17,6 +17,8 @@ class Case(SQLModel, table=True):
         # the cases recorded without a flow run yet, for the starters and the watch (flows/control.unstarted_cases)
         Index("ix_case_unstarted", "id", postgresql_where=text("flow_run_id IS NULL"),
               sqlite_where=text("flow_run_id IS NULL")),
+        # 热点: a new case's cluster (same community and category, reported within the window), counted at 受理
+        Index("ix_case_hot_spot", "community", "category", "reported_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

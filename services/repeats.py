@@ -111,8 +111,9 @@ def link_repeats(session: Session, case: Case) -> None:
             _same_place(case), col(Case.reported_at) <= case.reported_at,
             or_(Case.status != CaseStatus.closed, col(Case.reported_at) >= since),
         ).order_by(col(Case.id))).all()
+        linked = _linked(session, case)
         for other in earlier:
-            _link(session, case, other, SAME_CITIZEN)
+            _link(session, case, other, SAME_CITIZEN, linked)
             record(session, case, "repeat.linked", f"重复诉求: 同一诉求人此前反映 {other.number}",
                    related=other.number, link=SAME_CITIZEN)
             record(session, other, "repeat.linked", f"重复诉求: 同一诉求人再次反映 {case.number}",
@@ -139,16 +140,22 @@ def link_repeats(session: Session, case: Case) -> None:
         if others + 1 >= rule.min_cases and citizens >= rule.min_citizens:
             latest = session.exec(select(Case).where(*in_cluster).order_by(col(Case.reported_at).desc())
                                   .limit(rule.max_links)).all()  # a big hot spot links only its latest cases
+            linked = _linked(session, case)
             for other in latest:
-                _link(session, case, other, HOT_SPOT)
+                _link(session, case, other, HOT_SPOT, linked)
             record(session, case, "hot_spot", f"热点: {rule.window_days} 天内同社区同类诉求 {others + 1} 件",
                    cases=others + 1, citizens=citizens, related=[c.number for c in latest])
 
 
-def _link(session: Session, case: Case, other: Case, kind: str) -> None:
-    if not session.exec(select(CaseLink.id).where(CaseLink.case_id == case.id, CaseLink.related_case_id == other.id,
-                                                  CaseLink.kind == kind)).first():
+def _linked(session: Session, case: Case) -> set[tuple[int, str]]:
+    """(related case id, kind) of the links `case` already has: one query, not one per candidate."""
+    return set(session.exec(select(CaseLink.related_case_id, CaseLink.kind).where(CaseLink.case_id == case.id)).all())
+
+
+def _link(session: Session, case: Case, other: Case, kind: str, linked: set[tuple[int, str]]) -> None:
+    if (other.id, kind) not in linked:
         session.add(CaseLink(case_id=case.id, related_case_id=other.id, kind=kind))
+        linked.add((other.id, kind))
 
 
 def related(session: Session, case_id: int) -> list[dict]:
