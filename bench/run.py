@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
@@ -65,6 +65,7 @@ class Waves:
     closed: int = 0
     elapsed: float = 0.0
     catch_up: float = 0.0
+    rates: list[float] = field(default_factory=list)  # each wave's lifecycles/s, Prefect caught up
 
 
 class Units:
@@ -372,6 +373,9 @@ class Bench:
         cpu0, rows0 = self.cpu(), self.prefect_rows()
         waves, samples = self.lifecycle_waves(api, units, follow_up, a.lifecycles, a.lifecycle_waves)
         cpu1, rows1 = self.cpu(), self.prefect_rows()
+        if len(waves.rates) > 1:
+            self.notes.append("lifecycles/s by wave (Prefect caught up): "
+                              + ", ".join(f"{r:.2f}" for r in waves.rates))
         closing = rate(waves.closed, waves.elapsed)
         life = rate(waves.closed, waves.elapsed + waves.catch_up)
         self.figures.append(Figure("lifecycles/s until the cases closed (intake → webhook → answers → follow-up → "
@@ -434,9 +438,11 @@ class Bench:
         total, done, samples = Waves(), 0, []
         for size in sizes:
             closed, elapsed = self.lifecycles(api, units, follow_up, size)
+            catch_up = self.prefect_caught_up()
             total.closed += closed
             total.elapsed += elapsed
-            total.catch_up += self.prefect_caught_up()
+            total.catch_up += catch_up
+            total.rates.append(rate(closed, elapsed + catch_up) or 0.0)
             done += size
             samples.append((done, self.rss()))
         return total, samples
