@@ -121,7 +121,8 @@ async def receive(fields: dict[str, Any]) -> Intake:
             try:
                 flow_run_id = await asyncio.wait_for(asyncio.shield(started), wait)
             except Exception as exc:
-                log.warning("case %s recorded, flow run not started yet: %s", case.number, exc or "timed out")
+                log.warning("case %s recorded, flow run not started yet: %s", case.number,
+                            str(exc) or type(exc).__name__)
     return Intake(case=case, created=created, flow_run_id=flow_run_id)
 
 

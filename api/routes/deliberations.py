@@ -40,7 +40,8 @@ async def start_run(deliberation: Deliberation) -> None:
         await asyncio.wait_for(start_deliberation_flow(deliberation, deliberations.run_tags(deliberation)),
                                START_TIMEOUT_SECONDS)
     except Exception as exc:  # recorded; the deadline watch starts its run
-        log.warning("deliberation %s recorded, flow run not started yet: %s", deliberation.number, exc)
+        log.warning("deliberation %s recorded, flow run not started yet: %s", deliberation.number,
+                    str(exc) or type(exc).__name__)
 
 
 def _write_and_detail(deliberation_id: int, write) -> tuple[dict, str | None]:
