@@ -192,13 +192,13 @@ async def show_stage(flow_run_id: str, view: RunView) -> None:
     await acreate_markdown_artifact(markdown=view.markdown, key=view.artifact_key,
                                     description=f"{view.stage}: the case's work orders, escalations and timeline")
     context = FlowRunContext.get()
-    if context and context.flow_run and str(context.flow_run.id) == str(flow_run_id) and sorted(
-            context.flow_run.tags) == sorted(view.tags):
+    own = context.flow_run if context and context.flow_run and str(context.flow_run.id) == str(flow_run_id) else None
+    if own and sorted(own.tags) == sorted(view.tags):
         return
     async with get_client() as client:  # tags last: a run tagged with a stage has that stage's artifact
         await client.update_flow_run(UUID(str(flow_run_id)), tags=view.tags)
-    if context and context.flow_run and str(context.flow_run.id) == str(flow_run_id):
-        context.flow_run.tags = list(view.tags)
+    if own:
+        own.tags = list(view.tags)
 
 
 class _SharedTLS:

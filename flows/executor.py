@@ -204,7 +204,7 @@ class Executor:
         takes a burst (`intake_busy`). Returns how many."""
         if self.stopping.is_set() or not self.starts_recorded:
             return 0
-        holding = self.intake_busy(await asyncio.to_thread(newest_case_id), self.clock())
+        holding = self.hold_rate > 0 and self.intake_busy(await asyncio.to_thread(newest_case_id), self.clock())
         room = min(START_BATCH - self.due_waiting, self.limit - len(self.running))
         if room <= 0 or holding:
             return 0

@@ -296,11 +296,14 @@ def record_follow_up(*, session: Session, case_id: int, answer: dict[str, Any], 
 
 # ---------------------------------------------------------------- applying signals (flow)
 
+def _pending(case_id: int):
+    """A case's signals not applied yet, in arrival order."""
+    return (select(CaseSignal).where(CaseSignal.case_id == case_id, col(CaseSignal.processed_at).is_(None))
+            .order_by(col(CaseSignal.id)))
+
+
 def pending_signals(session: Session, case_id: int) -> list[CaseSignal]:
-    return list(session.exec(
-        select(CaseSignal).where(CaseSignal.case_id == case_id, CaseSignal.processed_at.is_(None))  # type: ignore
-        .order_by(col(CaseSignal.id))
-    ).all())
+    return list(session.exec(_pending(case_id)).all())
 
 
 def status_of(session: Session, case_id: int) -> CaseStatus:
@@ -308,9 +311,7 @@ def status_of(session: Session, case_id: int) -> CaseStatus:
 
 
 def first_pending_signal(session: Session, case_id: int) -> tuple[str, int] | None:
-    signal = session.exec(select(CaseSignal).where(CaseSignal.case_id == case_id,
-                                                   col(CaseSignal.processed_at).is_(None))
-                          .order_by(col(CaseSignal.id)).limit(1)).first()
+    signal = session.exec(_pending(case_id).limit(1)).first()
     return (signal.kind, signal.id) if signal else None
 
 
@@ -472,7 +473,7 @@ def next_wait(session: Session, case_id: int) -> int | None:
     are already pending (apply them first). Every suspension takes a new number, so a resumed run never proposes
     an earlier wait again: it re-reads the case from our DB and waits anew."""
     case = lock_case(session, case_id)
-    if pending_signals(session, case_id):
+    if first_pending_signal(session, case_id) is not None:
         return None
     case.wait_seq += 1
     session.add(case)
