@@ -85,8 +85,8 @@ def machine_cpu_seconds(stat_line: str | None = None) -> float:
 
 def speed_probe(loops: int = 3_000_000) -> float:
     """CPU seconds of a fixed pure-Python loop in this process: how fast the machine runs Python right now. On a
-    shared virtual machine the same work took 1.4 s at one moment and 2.1 s a few minutes later, so runs are
-    compared with this beside them."""
+    shared virtual machine the same work takes up to half as long again at another hour, so runs are compared with
+    this beside them."""
     started = time.process_time()
     total = 0
     for i in range(loops):
