@@ -127,7 +127,7 @@ class Env:
         return run
 
     def prefect_post(self, path: str, body: dict) -> httpx.Response:
-        """POST to Prefect's REST API (the client retries 503s, see `Retry503`)."""
+        """POST to Prefect's REST API (the client retries as Prefect's own does, see `RetryLikePrefect`)."""
         return self.prefect.post(path, json=body)
 
     def resume(self, flow_run_id: str, run_input: dict) -> dict:
@@ -157,13 +157,21 @@ class Env:
         return {"on_reject": on_reject, "rules": [*rules, *shipped["rules"]]}
 
 
-class Retry503(httpx.HTTPTransport):
-    """Retry Prefect's 503 "database is locked" answers (SQLite write locks under load), as Prefect's own client
-    does; every other answer is returned as it is."""
+class RetryLikePrefect(httpx.HTTPTransport):
+    """Retry what Prefect's own client retries (prefect.client.base): its 503 "database is locked" answers and a
+    request that timed out or lost its connection (Prefect on SQLite, 2 busy cores: a request can wait for the write
+    lock longer than the client's timeout). Every other answer is returned as it is; the last failure is raised."""
+
+    TRANSIENT = (httpx.ReadTimeout, httpx.PoolTimeout, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         for attempt in range(10):
-            response = super().handle_request(request)
+            try:
+                response = super().handle_request(request)
+            except self.TRANSIENT:
+                if attempt >= 2:  # three timeouts in a row: the stack is stuck, not busy
+                    raise
+                continue
             if response.status_code != 503:
                 return response
             response.read()
@@ -211,7 +219,7 @@ def stack_env(request, backend: str, **stack_options) -> Iterator[Env]:
         api = httpx.Client(base_url=stack.api_url, timeout=60)
         admin = {"Authorization": f"Bearer {admin_token(home)}"}
         district = register_district(api, admin_token(home), receiver)
-        prefect = httpx.Client(base_url=stack.prefect_url, timeout=90, transport=Retry503())
+        prefect = httpx.Client(base_url=stack.prefect_url, timeout=90, transport=RetryLikePrefect())
         yield Env(backend, stack, api, prefect, receiver, district, admin, policy_dir)
     finally:
         stack.stop()
