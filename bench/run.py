@@ -43,7 +43,7 @@ from bench.stats import (
 )
 from hotline.demo import register_district
 from hotline.receiver import Receiver, Received
-from hotline.runtime import Stack, admin_token, free_port
+from hotline.runtime import Stack, admin_token, free_port, stop_on_sigterm
 from hotline.settings import REPO_ROOT
 
 SLA = {"urgency": {"normal": {"respond_within": "1h", "due_within": "2h"},
@@ -575,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         a.baseline_runs, a.lifecycles, a.burst, a.drain_seconds = 3, 3, 30, 60
         a.latency_cases, a.open_cases, a.escalation_cases = 3, 500, 2
         a.lifecycle_waves = 2
+    stop_on_sigterm()  # a killed bench stops its stack and drops its databases
     bench = Bench(a)
     try:
         text = bench.run()

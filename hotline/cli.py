@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from hotline import ops
-from hotline.runtime import Stack, admin_token, free_port
+from hotline.runtime import Stack, admin_token, free_port, stop_on_sigterm
 from hotline.settings import get_settings
 
 app = typer.Typer(help="12345 hotline (接诉即办) case handling.", no_args_is_help=True)
@@ -23,6 +23,7 @@ def _start(home: Path | None, api_port: int, prefect_port: int, policy_dir: Path
                   database_url=settings.database_url, watch_interval_seconds=settings.watch_interval_seconds,
                   executor=settings.executor)
     runner = "the in-process executor" if settings.executor == "inprocess" else "serve"
+    stop_on_sigterm()  # `kill` stops the stack as Ctrl-C does
     typer.echo(f"starting in {home} (Prefect server on SQLite, {runner}, API) …")
     stack.start()
     typer.echo(f"API:        {stack.api_url}  (OpenAPI: {stack.api_url}/docs)")
@@ -89,6 +90,7 @@ def run_scaled(home: Path = typer.Option(None, help="data folder for logs (defau
     home = (home or get_settings().home.with_name(".hotline-scaled")).resolve()
     stack, dbs = scaled(home, executors=executors, api_workers=api_workers, prefect_servers=prefect_servers,
                         redis_url=redis_url or REDIS_URL, api_port=api_port, prefect_port=prefect_port)
+    stop_on_sigterm()  # `kill` stops the stack and drops its databases, as Ctrl-C does
     typer.echo(f"starting the scaled shape in {home}: {prefect_servers} Prefect servers + services, "
                f"{executors} executors, {api_workers} API workers …")
     try:

@@ -6,6 +6,7 @@ one Stack per database backend.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
@@ -33,6 +34,33 @@ PREFECT_SERVICES_BATCHING = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
     "PREFECT_SERVER_SERVICES_TRIGGERS_READ_BATCH_SIZE": "100",
 }
+
+
+# Linux's prctl, looked up once here: a forked child, between fork and exec, should not have to load anything
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def dies_with_this_process():
+    """A `preexec_fn` for the stack's children: the kernel sends the child SIGTERM when the thread that started it
+    ends, however it ends. A bench, a test session or `./run up` killed with SIGKILL would otherwise leave its
+    Prefect servers, executors and API running, holding ports and databases. (Start stacks from the main thread:
+    a child dies with the thread that spawned it.) No effect where there is no prctl."""
+    parent = os.getpid()
+
+    def arrange() -> None:
+        if _prctl is None:
+            return
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the child asked: nothing will signal it now
+            os._exit(1)
+    return arrange
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this process as Ctrl-C does (KeyboardInterrupt in the main thread), so that its
+    `finally` blocks stop the stack and drop its databases; by default SIGTERM ends Python without them."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def free_port() -> int:
@@ -123,7 +151,7 @@ class Stack:
         out = open(logs / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
             args, env=env or self.env(), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=dies_with_this_process())
 
     def _wait_http(self, name: str, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

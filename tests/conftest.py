@@ -22,7 +22,7 @@ import yaml
 
 from hotline.demo import District, register_district
 from hotline.receiver import Receiver
-from hotline.runtime import Stack, admin_token, free_port
+from hotline.runtime import Stack, admin_token, free_port, stop_on_sigterm
 from hotline.settings import REPO_ROOT
 
 FAST_ADMIN_TOKEN = "test-admin-token"  # the admin token of the fast tests' `db` fixture
@@ -52,6 +52,13 @@ TEST_ESCALATION = {
                  "overdue_completion": {"escalate_up": True, "notify": ["district"]},
                  "bounced": {"notify": ["district"]}, "whistle_not_reported": {"notify": ["district"]}},
 }
+
+
+def pytest_configure(config) -> None:
+    """A test session stopped by SIGTERM (a CI timeout, `kill`) tears down as on Ctrl-C: its stacks stop and their
+    schemas are dropped. (If it is killed outright, the stacks' processes still end with it: see
+    `hotline.runtime.dies_with_this_process`.)"""
+    stop_on_sigterm()
 
 
 @dataclass
