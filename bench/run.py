@@ -38,7 +38,7 @@ import yaml
 
 from bench.load import post_json_many
 from bench.stats import (
-    Figure, cpu_seconds, fmt, lost, machine_cpu_seconds, percentile, rate, ratio, slope, speed_probe, table,
+    Figure, above_rest, capacity, cpu_seconds, fmt, lost, machine_cpu_seconds, percentile, rate, ratio, slope, speed_probe, table,
     tree_rss_mb,
 )
 from hotline.demo import register_district
@@ -370,6 +370,7 @@ class Bench:
                                    ratio(inproc, base)))
 
         self.prefect_caught_up()  # the baselines' own events first
+        rest = self.at_rest(a.rest_seconds)
         cpu0, rows0 = self.cpu(), self.prefect_rows()
         waves, samples = self.lifecycle_waves(api, units, follow_up, a.lifecycles, a.lifecycle_waves)
         cpu1, rows1 = self.cpu(), self.prefect_rows()
@@ -393,6 +394,17 @@ class Bench:
             self.figures.append(Figure("CPU per lifecycle: all of the above", stack, "s"))
             self.figures.append(Figure(f"CPU per lifecycle: {MACHINE} (the benchmark's client and receiver, the "
                                        "kernel and the rest too)", per_lifecycle[MACHINE], "s"))
+            self.figures.append(Figure(f"CPU at rest (nothing submitted, {a.rest_seconds} s: polls, heartbeats, the "
+                                       "deadline watch): the stack's processes",
+                                       sum(v for name, v in rest.items() if name != MACHINE), "CPU-s/s"))
+            self.figures.append(Figure(f"CPU at rest: {MACHINE}", rest[MACHINE], "CPU-s/s"))
+            marginal = above_rest(cpu1[MACHINE] - cpu0[MACHINE], rest[MACHINE], waves.elapsed + waves.catch_up,
+                                  a.lifecycles)
+            self.figures.append(Figure(f"CPU per lifecycle above rest: {MACHINE}", marginal, "s"))
+            cores = os.cpu_count() or 1
+            self.figures.append(Figure(f"lifecycles/s that {cores} cores carry at that cost (cores − rest) / "
+                                       "(CPU per lifecycle above rest)", capacity(cores, rest[MACHINE], marginal),
+                                       "cases/s"))
         executions = (rows1["running"] - rows0["running"]) / a.lifecycles if a.lifecycles else None
         self.figures.append(Figure("flow executions per lifecycle (Running states, the deadline watch's too)",
                                    executions, "runs"))
@@ -429,6 +441,14 @@ class Bench:
                                        "MB", growth))
         self.memory_over_lifecycles(samples)
         return self.report()
+
+    def at_rest(self, seconds: float) -> dict[str, float]:
+        """CPU seconds per second of each process (and the whole machine) with nothing submitted: what the stack
+        spends whatever the load (executors' polls, heartbeats, Prefect's services loops, the deadline watch)."""
+        before, t0 = self.cpu(), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = self.cpu(), time.monotonic() - t0
+        return {name: (after[name] - before.get(name, 0)) / elapsed for name in after}
 
     def lifecycle_waves(self, api: httpx.Client, units: Units, follow_up: dict, n: int,
                         waves: int) -> tuple[Waves, list[tuple[int, dict[str, float | None]]]]:
@@ -565,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-cases", type=int, default=30)
     p.add_argument("--open-cases", type=int, default=100_000)
     p.add_argument("--escalation-cases", type=int, default=20)
+    p.add_argument("--rest-seconds", type=int, default=60,
+                   help="how long the stack's CPU at rest is measured (before the lifecycles)")
     p.add_argument("--watch-seconds", type=int, default=10,
                    help="the deadline watch's interval (the embedded default's; escalation latency follows it)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "performance.md")
@@ -574,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke:
         a.baseline_runs, a.lifecycles, a.burst, a.drain_seconds = 3, 3, 30, 60
         a.latency_cases, a.open_cases, a.escalation_cases = 3, 500, 2
-        a.lifecycle_waves = 2
+        a.lifecycle_waves, a.rest_seconds = 2, 5
     stop_on_sigterm()  # a killed bench stops its stack and drops its databases
     bench = Bench(a)
     try:

@@ -29,6 +29,17 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
     return value / baseline if value is not None and baseline else None
 
 
+def above_rest(cpu: float, rest_per_second: float, seconds: float, count: int) -> float | None:
+    """CPU seconds per item beyond what the processes spend at rest over the same time (polls, heartbeats, scheduled
+    runs): the cost that grows with the load. None for no items."""
+    return (cpu - rest_per_second * seconds) / count if count else None
+
+
+def capacity(cores: int, rest_per_second: float, per_item: float | None) -> float | None:
+    """Items/s the cores can carry once the rest load is paid, at `per_item` CPU seconds each above rest."""
+    return (cores - rest_per_second) / per_item if per_item and per_item > 0 else None
+
+
 def lost(sent: Iterable[str], stored: Iterable[str]) -> list[str]:
     """References accepted by the API but missing from the DB (should be empty)."""
     return sorted(set(sent) - set(stored))

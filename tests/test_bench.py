@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bench.stats import (
-    _TICKS, Figure, cpu_seconds, lost, machine_cpu_seconds, percentile, rate, ratio, rss_mb, slope, speed_probe, table,
+    _TICKS, Figure, above_rest, capacity, cpu_seconds, lost, machine_cpu_seconds, percentile, rate, ratio, rss_mb, slope, speed_probe, table,
     tree_rss_mb,
 )
 
@@ -30,6 +30,14 @@ def test_rates_ratios_and_lost_cases():
     assert ratio(1.5, 0.5) == 3.0 and ratio(None, 1.0) is None and ratio(1.0, None) is None
     assert lost(["a", "b", "c", "c"], ["c", "a", "x"]) == ["b"]
     assert lost([], ["x"]) == []
+
+
+def test_cost_above_rest_and_the_capacity_it_leaves():
+    # 300 CPU-s over 150 s for 100 items, with the processes spending 0.2 CPU-s/s at rest anyway
+    assert above_rest(300.0, 0.2, 150.0, 100) == pytest.approx(2.7)
+    assert above_rest(10.0, 0.0, 5.0, 0) is None
+    assert capacity(2, 0.2, 1.2) == pytest.approx(1.5)  # (2 − 0.2) / 1.2
+    assert capacity(2, 0.2, None) is None and capacity(2, 0.2, 0.0) is None
 
 
 def test_targets_are_judged_in_the_table():
@@ -92,6 +100,7 @@ def test_smoke_run_writes_a_report(tmp_path):
     assert "| — |" not in line.split("cases/s")[0]  # a measured figure, not a blank
     assert "| cases lost (accepted, not in DB) | 0.00 |" in text
     assert "RSS growth executor: after 2 lifecycles" in text and "RSS executor by wave:" in text
+    assert "| CPU at rest: the whole machine |" in text and "| CPU per lifecycle above rest" in text
 
 
 @pytest.mark.stack
