@@ -38,8 +38,8 @@ import yaml
 
 from bench.load import post_json_many
 from bench.stats import (
-    Figure, above_rest, capacity, cpu_seconds, fmt, lost, machine_cpu_seconds, percentile, rate, ratio, slope, speed_probe, table,
-    tree_rss_mb,
+    Figure, above_rest, capacity, cpu_seconds, fmt, lost, machine_cpu_seconds, percentile, rate, ratio, slope,
+    speed_probe, table, tree_rss_mb,
 )
 from hotline.demo import register_district
 from hotline.receiver import Receiver, Received
