@@ -176,7 +176,7 @@ class RetryLikePrefect(httpx.HTTPTransport):
             try:
                 response = super().handle_request(request)
             except self.TRANSIENT:
-                if attempt >= 2:  # three timeouts in a row: the stack is stuck, not busy
+                if attempt >= 2:  # failing on the third attempt or later: the stack is stuck, not busy
                     raise
                 continue
             if response.status_code != 503:

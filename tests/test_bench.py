@@ -9,8 +9,8 @@ import time
 import pytest
 
 from bench.stats import (
-    _TICKS, Figure, above_rest, capacity, cpu_seconds, lost, machine_cpu_seconds, percentile, rate, ratio, rss_mb, slope, speed_probe, table,
-    tree_rss_mb,
+    _TICKS, Figure, above_rest, capacity, cpu_seconds, lost, machine_cpu_seconds, percentile, rate, ratio, rss_mb,
+    slope, speed_probe, table, tree_rss_mb,
 )
 
 

@@ -22,7 +22,7 @@ stack = Stack(home=Path(sys.argv[1]))
 if sys.argv[2] == "term":
     stop_on_sigterm()
 try:
-    stack._spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], env={})
+    stack._spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"])
     print(stack.procs["sleeper"].pid, flush=True)
     time.sleep(120)
 finally:
