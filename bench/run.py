@@ -465,6 +465,10 @@ class Bench:
             total.rates.append(rate(closed, elapsed + catch_up) or 0.0)
             done += size
             samples.append((done, self.rss()))
+            # progress as it goes: a long run stopped early still leaves its figures so far in the output
+            print(f"wave {len(samples)}/{waves}: {done:,} lifecycles, {closed} of {size} closed, "
+                  f"{fmt(total.rates[-1], 2)}/s with Prefect caught up; RSS MB "
+                  + ", ".join(f"{name} {fmt(mb, 0)}" for name, mb in samples[-1][1].items()), flush=True)
         return total, samples
 
     def prefect_caught_up(self, limit: float = 900, every: float = 2.0, trickle: int = 10) -> float:

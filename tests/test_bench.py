@@ -86,11 +86,17 @@ def test_memory_of_a_process_tree_and_its_slope():
 
 
 @pytest.mark.stack
-def test_smoke_run_writes_a_report(tmp_path):
-    """The whole benchmark at tiny sizes: it runs, measures every figure, and writes the report."""
+def test_smoke_run_writes_a_report(tmp_path, capsys):
+    """The whole benchmark at tiny sizes: it runs, measures every figure, and writes the report; each wave's
+    figures are printed as it ends (a long run stopped early keeps them)."""
     from bench.run import main
     out = tmp_path / "performance.md"
     assert main(["--smoke", "--executor", "inprocess", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    waves = [line for line in printed.splitlines() if line.startswith("wave ")]
+    assert [line.split(",")[0] for line in waves] == ["wave 1/2: 2 lifecycles", "wave 2/2: 3 lifecycles"]
+    assert "2 of 2 closed" in waves[0] and "1 of 1 closed" in waves[1]
+    assert all("; RSS MB " in line and "executor " in line for line in waves)
     text = out.read_text(encoding="utf-8")
     for figure in ("empty flow runs/s through serve", "empty flow runs/s through the in-process executor",
                    "in-process executor (one event loop", "CPU per lifecycle: executor", "full lifecycles/s", "durable accepts/s",
