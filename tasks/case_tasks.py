@@ -1,6 +1,6 @@
-"""The steps of a case, each a small task, idempotent: on replay they find the work done and do nothing. The reads
-and the bookkeeping between them are plain calls (below): a task run costs Prefect several events, so a step that
-has nothing to do (no answer to apply, no webhook due) is not made a task run."""
+"""The steps of a case, each a small task, idempotent: on replay they find the work done and do nothing. The reads,
+the bookkeeping between them and webhook delivery (recorded in our DB) are plain calls (below): a task run costs
+Prefect several events, so a step that has nothing to do (no answer to apply) is not made a task run."""
 from __future__ import annotations
 
 import asyncio
@@ -79,18 +79,17 @@ async def close_case(case_id: int) -> dict:
             "satisfaction": case.satisfaction, "follow_up": case.follow_up_outcome}
 
 
-@task(name="deliver-webhooks", cache_policy=NO_CACHE)
-async def send_webhooks(case_id: int) -> dict[str, int]:
-    """Send the case's due webhooks; failures stay pending with backoff and the deadline watch retries them."""
-    return await deliver_due(case_id)
-
-
 async def deliver_webhooks(case_id: int) -> dict[str, int] | None:
-    """Send the case's due webhooks as a task run, if any are due. The check is a plain read: most waits (a unit
-    accepting, a reminder) queue nothing to send, and a task run costs Prefect several events."""
+    """Send the case's due webhooks (None when nothing is due). A plain call, not a task run: every delivery and
+    attempt is recorded in our DB (notifications/webhooks.py), a failure stays pending with backoff and the deadline
+    watch retries it, so a task run would add nothing but Prefect's events for it. What did not go is logged."""
     if not await asyncio.to_thread(due_deliveries, case_id, 1):
         return None
-    return await send_webhooks(case_id)
+    counts = await deliver_due(case_id)
+    if not_sent := {k: v for k, v in counts.items() if k != "delivered" and v}:
+        get_run_logger().warning("case %s: webhooks not delivered yet: %s (retried with backoff)", case_id,
+                                 ", ".join(f"{k} {v}" for k, v in sorted(not_sent.items())))
+    return counts
 
 
 def in_read(fn, *args):

@@ -103,6 +103,17 @@ def test_a_case_runs_to_its_end_in_the_executor(inproc: Env):
     assert r.status_code == 200, r.text
     assert sum(1 for s in r.json() if s["type"] == "RUNNING") >= 2
     assert task_runs(inproc, run_id, "collect") == 1 and task_runs(inproc, run_id, "dispatch") == 1
+    # webhooks went out (above) as plain calls, not task runs (our DB records each delivery)
+    r = inproc.prefect_post("/api/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+    assert r.status_code == 200, r.text
+    assert {t["name"].rsplit("-", 1)[0] for t in r.json()} <= {"collect", "dispatch", "settle", "close"}, r.json()
+    # the executor's runs emit no heartbeat events (it detects dead executors itself): their other events are there
+    r = inproc.prefect_post("/api/events/filter", {"filter": {"resource": {"id": [f"prefect.flow-run.{run_id}"]},
+                                                              "event": {"prefix": ["prefect.flow-run."]}},
+                                                   "limit": 50})
+    assert r.status_code == 200, r.text
+    names = {e["event"] for e in r.json()["events"]}
+    assert "prefect.flow-run.Running" in names and "prefect.flow-run.heartbeat" not in names, names
 
 
 def test_two_executors_run_each_run_once(inproc: Env):
