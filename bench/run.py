@@ -22,6 +22,7 @@ import asyncio
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -150,20 +151,18 @@ class Bench:
     def db(self):
         """Our DB, one engine (and pool) for the whole run: an engine per count opened a Postgres connection per
         poll, whose backend's start the bench then counted as the stack's Postgres CPU."""
-        if self._engines.get("ours") is None:
-            from sqlalchemy import create_engine
-            self._engines["ours"] = create_engine(self.db_url.replace("postgresql://", "postgresql+psycopg://", 1),
-                                                  pool_size=2)
-        return self._engines["ours"]
+        return self._engine("ours", self.db_url.replace("postgresql://", "postgresql+psycopg://", 1))
 
     def prefect_db(self):
-        """Prefect's DB, read directly (row counts), one engine for the whole run."""
-        if self._engines.get("prefect") is None:
+        """Prefect's DB, read directly (row counts) with a synchronous driver, one engine for the whole run."""
+        url = self.stack.prefect_database_url or f"sqlite:///{self.home / 'prefect' / 'prefect.db'}"
+        return self._engine("prefect", url.replace("+asyncpg", "+psycopg").replace("+aiosqlite", ""))
+
+    def _engine(self, name: str, url: str):
+        if name not in self._engines:
             from sqlalchemy import create_engine
-            url = self.stack.prefect_database_url or f"sqlite:///{self.home / 'prefect' / 'prefect.db'}"
-            self._engines["prefect"] = create_engine(url.replace("+asyncpg", "+psycopg").replace("+aiosqlite", ""),
-                                                     pool_size=1)
-        return self._engines["prefect"]
+            self._engines[name] = create_engine(url, pool_size=2)
+        return self._engines[name]
 
     def close(self) -> None:
         """Return the bench's own connections before the stack's databases are dropped."""
@@ -231,7 +230,7 @@ class Bench:
         elapsed = time.monotonic() - start
         proc = self.stack.procs["bench-serve"]
         self.stack.stop_process("bench-serve", timeout=60)  # SIGTERM; SIGKILL if it is not gone within a minute
-        if proc.wait(timeout=30) == -9:  # a runner that does not stop must not end the measurement
+        if proc.wait(timeout=30) == -signal.SIGKILL:  # a runner that does not stop must not end the measurement
             self.notes.append(f"baseline ({'in-process' if inprocess else 'serve'}): its runner did not stop "
                               "within 60 s of SIGTERM and was killed")
         return rate(done, elapsed)
