@@ -471,8 +471,10 @@ class Bench:
         sizes = [n // waves + (1 if i < n % waves else 0) for i in range(waves)]
         total, done, samples = Waves(), 0, []
         for size in sizes:
+            cpu_before = self.cpu()
             closed, elapsed = self.lifecycles(api, units, follow_up, size)
             catch_up = self.prefect_caught_up()
+            cpu_after = self.cpu()
             total.closed += closed
             total.elapsed += elapsed
             total.catch_up += catch_up
@@ -482,7 +484,13 @@ class Bench:
             # progress as it goes: a long run stopped early still leaves its figures so far in the output
             print(f"wave {len(samples)}/{waves}: {done:,} lifecycles, {closed} of {size} closed, "
                   f"{fmt(total.rates[-1], 2)}/s with Prefect caught up; RSS MB "
-                  + ", ".join(f"{name} {fmt(mb, 0)}" for name, mb in samples[-1][1].items()), flush=True)
+                  + ", ".join(f"{name} {fmt(mb, 0)}" for name, mb in samples[-1][1].items())
+                  # and its CPU per lifecycle and the machine's speed: a rate that changes across waves can then
+                  # be told apart from a machine whose speed changed
+                  + "; CPU-s per lifecycle " + ", ".join(
+                      f"{name} {fmt((cpu_after[name] - cpu_before.get(name, 0.0)) / max(closed, 1), 2)}"
+                      for name in cpu_after)
+                  + f"; machine speed {speed_probe() * 1000:.0f} ms", flush=True)
         return total, samples
 
     def prefect_caught_up(self, limit: float = 900, every: float = 2.0, trickle: int = 10) -> float:

@@ -97,6 +97,10 @@ def test_smoke_run_writes_a_report(tmp_path, capsys):
     assert [line.split(",")[0] for line in waves] == ["wave 1/2: 2 lifecycles", "wave 2/2: 3 lifecycles"]
     assert "2 of 2 closed" in waves[0] and "1 of 1 closed" in waves[1]
     assert all("; RSS MB " in line and "executor " in line for line in waves)
+    for line in waves:  # each wave's own CPU per lifecycle (the machine did work) and the machine's speed
+        per_lifecycle = line.split("; CPU-s per lifecycle ")[1].split(";")[0]
+        assert float(per_lifecycle.split("the whole machine ")[1].split(",")[0]) > 0, line
+        assert int(line.split("; machine speed ")[1].removesuffix(" ms")) > 0, line
     text = out.read_text(encoding="utf-8")
     for figure in ("empty flow runs/s through serve", "empty flow runs/s through the in-process executor",
                    "in-process executor (one event loop", "CPU per lifecycle: executor", "full lifecycles/s", "durable accepts/s",
