@@ -33,6 +33,18 @@ POSTGRES_ADMIN = os.environ.get("HOTLINE_TEST_POSTGRES", "postgresql://postgres@
 # and its client retries a 503 with backoff), which a busy minute of a real district must survive too.
 STACK_TIMEOUT = 240
 
+
+def eventually(read: Callable[[], object], what: str, until: Callable[[object], object] = bool,
+               timeout: float = STACK_TIMEOUT, interval: float = 0.5, describe: Callable[[object], str] = repr):
+    """Poll `read()` until `until(value)` holds and return that value; past `timeout`, fail naming `what` and
+    the last value (through `describe`). The one way the tests wait on the stack."""
+    deadline = time.monotonic() + timeout
+    while not until(value := read()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {describe(value)}")
+        time.sleep(interval)
+    return value
+
 # Service levels for tests: `emergency` lapses in seconds, the rest never does during a test.
 TEST_SLA = {
     "urgency": {
@@ -96,15 +108,8 @@ class Env:
         return r.json()
 
     def wait(self, case_id: str, until: Callable[[dict], bool], what: str, timeout: float = STACK_TIMEOUT) -> dict:
-        deadline = time.monotonic() + timeout
-        detail = self.case(case_id)
-        while not until(detail):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; case is {detail['status']}: "
-                                     f"{[t['kind'] for t in detail['timeline']]}")
-            time.sleep(0.5)
-            detail = self.case(case_id)
-        return detail
+        return eventually(lambda: self.case(case_id), what, until, timeout,
+                          describe=lambda d: f"case is {d['status']}: {[t['kind'] for t in d['timeline']]}")
 
     def wait_orders(self, case_id: str, n: int, timeout: float = STACK_TIMEOUT) -> dict:
         return self.wait(case_id, lambda d: len(d["work_orders"]) >= n, f"{n} work order(s)", timeout)
@@ -126,12 +131,12 @@ class Env:
         return r.json()
 
     def wait_paused(self, flow_run_id: str, timeout: float = STACK_TIMEOUT) -> dict:
-        deadline = time.monotonic() + timeout
-        while (run := self.flow_run(flow_run_id))["state_type"] != "PAUSED":
-            if time.monotonic() > deadline:
-                raise AssertionError(f"flow run not paused: {run['state_type']} {run['state_name']}")
-            time.sleep(0.5)
-        return run
+        return self.wait_run(flow_run_id, "PAUSED", timeout)
+
+    def wait_run(self, flow_run_id: str, state_type: str, timeout: float = STACK_TIMEOUT) -> dict:
+        return eventually(lambda: self.flow_run(flow_run_id), f"flow run {flow_run_id} {state_type}",
+                          lambda run: run["state_type"] == state_type, timeout,
+                          describe=lambda run: f"{run['state_type']} {run['state_name']}")
 
     def prefect_post(self, path: str, body: dict) -> httpx.Response:
         """POST to Prefect's REST API (the client retries as Prefect's own does, see `RetryLikePrefect`)."""

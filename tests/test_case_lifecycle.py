@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import STACK_TIMEOUT, TEST_SLA, Env
+from tests.conftest import STACK_TIMEOUT, TEST_SLA, Env, eventually
 
 CITIZEN_NAME, CITIZEN_PHONE = "陈阿姨", "13912345678"
 
@@ -54,10 +54,7 @@ def test_happy_path_to_closed(env: Env):
     assert run["name"] == number
     assert run["parameters"] == {"case_id": int(case_id)}
     assert {"district:haidian", "street:haidian_st", "category:street_lights", "urgency:normal"} <= set(run["tags"])
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while env.flow_run(created["flow_run_id"])["state_type"] != "COMPLETED":
-        assert time.monotonic() < deadline, "case flow run did not complete"
-        time.sleep(0.5)
+    env.wait_run(created["flow_run_id"], "COMPLETED")
 
 
 def test_no_citizen_details_in_prefect(env: Env):
@@ -65,11 +62,8 @@ def test_no_citizen_details_in_prefect(env: Env):
     detail = env.wait_orders(created["case_id"], 1)
     env.wait_paused(created["flow_run_id"])
     run = env.flow_run(created["flow_run_id"])
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while not (logs := env.prefect.post("/api/logs/filter", json={
-            "logs": {"flow_run_id": {"any_": [created["flow_run_id"]]}}}).json()):  # logs are shipped in batches
-        assert time.monotonic() < deadline, "the case run should have logged its steps"
-        time.sleep(1)
+    logs = eventually(lambda: env.prefect.post("/api/logs/filter", json={  # logs are shipped in batches
+        "logs": {"flow_run_id": {"any_": [created["flow_run_id"]]}}}).json(), "the case run's logs of its steps")
     visible = str(run) + " ".join(entry["message"] for entry in logs)
     for secret in ("王小明", "13700001111"):
         assert secret not in visible
@@ -80,13 +74,10 @@ def test_no_citizen_details_in_prefect(env: Env):
 def _run_when(env: Env, run_id: str, state_name: str, timeout: float = STACK_TIMEOUT) -> dict:
     """The run in state `state_name` with its stage tag (published right after the state is accepted)."""
     stage_tag = "stage:" + state_name.lower().replace(" ", "-")
-    deadline = time.monotonic() + timeout
-    while (run := env.flow_run(run_id))["state_name"] != state_name or (
-            run["state_type"] == "PAUSED" and stage_tag not in run["tags"]):
-        assert time.monotonic() < deadline, (f"run is {run['state_type']} {run['state_name']!r} {run['tags']}, "
-                                             f"not {state_name!r}")
-        time.sleep(0.5)
-    return run
+    return eventually(lambda: env.flow_run(run_id), f"the run {state_name!r}",
+                      lambda run: run["state_name"] == state_name and (
+                          run["state_type"] != "PAUSED" or stage_tag in run["tags"]), timeout,
+                      describe=lambda run: f"{run['state_type']} {run['state_name']!r} {run['tags']}")
 
 
 def _artifact(env: Env, run_id: str) -> str:
@@ -146,10 +137,8 @@ def test_lapsed_deadlines_escalate_up_the_ladder(env: Env):
     listed = env.api.get("/api/escalations?status=open", headers=env.staff("supervisor")).json()
     assert {(e["trigger"], e["from_unit"]) for e in listed if e["case_number"] == number} == {
         ("overdue_response", "wanquanzhuang"), ("overdue_response", "haidian_st"), ("overdue_response", "haidian")}
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while not env.receiver.of(unit="haidian_st", type="work_order.escalated", case_number=number):
-        assert time.monotonic() < deadline, "the lapsed unit was not told its order was escalated"
-        time.sleep(0.5)
+    eventually(lambda: env.receiver.of(unit="haidian_st", type="work_order.escalated", case_number=number),
+               "the lapsed unit to be told its order was escalated")
     assert env.receiver.of(unit="wanquanzhuang", type="work_order.escalated", case_number=number)
     assert env.receiver.of(unit="haidian", type="work_order.assigned", case_number=number)
 

@@ -5,7 +5,6 @@ page, on a laptop and on a tablet, go to docs/screenshots/. Fast page tests: tes
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from hotline.settings import REPO_ROOT
-from tests.conftest import STACK_TIMEOUT, Env
+from tests.conftest import Env, eventually
 
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 LAPTOP, TABLET = {"width": 1280, "height": 900}, {"width": 820, "height": 1180}
@@ -73,10 +72,8 @@ def test_supervisor_reassigns_an_overdue_case(env: Env, browser: Browser):
     detail = env.wait(created["case_id"], lambda d: any(o["unit"] == "water_co" for o in d["work_orders"]),
                       "the reassigned work order")
     assert any(t["kind"] == "escalation.decided" and "水质问题" in (t["note"] or "") for t in detail["timeline"])
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while not env.receiver.of(unit="water_co", type="work_order.assigned", case_number=created["number"]):
-        assert time.monotonic() < deadline, "the new unit's work order webhook did not arrive"
-        time.sleep(0.5)
+    eventually(lambda: env.receiver.of(unit="water_co", type="work_order.assigned", case_number=created["number"]),
+               "the new unit's work order webhook")
     page.reload()
     water = env.api.get("/api/units", headers=env.admin).json()
     water_name = next(u["name"] for u in water if u["code"] == "water_co")

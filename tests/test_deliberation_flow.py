@@ -6,15 +6,7 @@ import time
 from collections import Counter
 from urllib.parse import urlsplit
 
-from tests.conftest import STACK_TIMEOUT, TEST_ESCALATION, Env
-
-
-def wait_for(read, until, what: str, timeout: float = STACK_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not until(value := read()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {value}"
-        time.sleep(0.5)
-    return value
+from tests.conftest import TEST_ESCALATION, Env, eventually
 
 
 def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
@@ -33,7 +25,7 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
         assert answer.status_code == 200, answer.text
         return answer.json()
 
-    d = wait_for(read, lambda d: d["flow_run_id"], "the deliberation's flow run")
+    d = eventually(read, "the deliberation's flow run", lambda d: d["flow_run_id"])
     run_id = d["flow_run_id"]
     assert "deliberation.linked" in [t["kind"] for t in env.case(created["case_id"])["timeline"]]
     run = env.wait_paused(run_id)
@@ -52,8 +44,8 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
     r = env.api.post(f"{base}/participants", headers=community,
                      json={"participants": [{"type": "property_company", "unit": "property_co"}]})
     [company] = [p for p in r.json()["participants"] if p["unit"] == "property_co"]
-    [invited] = wait_for(lambda: env.receiver.of(unit="property_co", type="deliberation.invited"), len,
-                         "the invitation webhook")
+    [invited] = eventually(lambda: env.receiver.of(unit="property_co", type="deliberation.invited"),
+                            "the invitation webhook")
     assert invited.data["deliberation_number"] == number
     assert invited.data["rsvp_url"].endswith(f"/participants/{company['participant_id']}/rsvp")
     r = env.api.post(urlsplit(invited.data["rsvp_url"]).path, json={"answer": "accepted"},
@@ -64,7 +56,7 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
     attendance = [int(p["participant_id"]) for p in read()["participants"]]
     assert env.api.post(f"{base}/sessions", json=session | {"attendance": attendance},
                         headers=community).status_code == 201
-    wait_for(read, lambda d: d["step"] == "deliberating", "组织商量")
+    eventually(read, "组织商量", lambda d: d["step"] == "deliberating")
     decision = {"method": "vote", "votes": {"for": 41, "against": 3, "abstain": 6}, "option": "换低功率灯",
                 "items": [{"unit": "property_co", "description": "一层窗前路灯换成低功率灯"},
                           {"unit": "xiaonanzhuang", "description": "当晚入户回访一层住户", "urgency": "emergency"}]}
@@ -75,8 +67,8 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
     # 办理事项: each item a case, directed to its unit; the second is left unanswered and escalates
     with env.policies(escalation=TEST_ESCALATION | {"levels": {"street": {"respond_within": "1h",
                                                                           "due_within": "2h"}}}):
-        d = wait_for(read, lambda d: len(d["items"]) == 2 and all(i["case_id"] for i in d["items"]),
-                     "the items' cases")
+        d = eventually(read, "the items' cases",
+                       lambda d: len(d["items"]) == 2 and all(i["case_id"] for i in d["items"]))
         assert d["step"] == "carrying_out"
         env.wait_paused(run_id)
         first, second = d["items"]
@@ -95,8 +87,8 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
 
         order = env.wait_orders(first["case_id"], 1)["work_orders"][0]
         assert (order["unit"], order["reason"]) == ("property_co", "directed")
-        [assigned] = wait_for(lambda: env.receiver.of(unit="property_co", type="work_order.assigned",
-                                                      case_number=first["case_number"]), len, "the item's work order")
+        [assigned] = eventually(lambda: env.receiver.of(unit="property_co", type="work_order.assigned",
+                                                        case_number=first["case_number"]), "the item's work order")
         env.resolve(assigned.data["work_order_id"], "property_co")
 
         escalated = env.wait(second["case_id"], lambda c: any(o["unit"] == "haidian_st" for o in c["work_orders"]),
@@ -107,7 +99,7 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
         env.resolve(street_order["work_order_id"], "haidian_st")
 
         # 反馈结果: both item cases closed → the watch moves the deliberation on
-        d = wait_for(read, lambda d: d["step"] == "feedback", "反馈结果")
+        d = eventually(read, "反馈结果", lambda d: d["step"] == "feedback")
     assert [i["case_status"] for i in d["items"]] == ["closed", "closed"]
     assert d["items"][1]["lead_unit"] == "haidian_st"
     for stage, content in (("decision", "表决通过: 换低功率灯"), ("result", "路灯已更换, 一层住户已回访")):
@@ -117,7 +109,7 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
     r = env.api.post(f"{base}/evaluations", headers=community,
                      json={"satisfaction": "satisfied", "resident": "3号楼居民", "comment": "晚上能睡好了"})
     assert r.status_code == 201, r.text
-    wait_for(lambda: env.flow_run(run_id), lambda run: run["state_type"] == "COMPLETED", "the run to complete")
+    env.wait_run(run_id, "COMPLETED")
 
     d = read()
     assert d["concluded_at"] and d["evaluations"]["by_satisfaction"]["satisfied"] == 1
@@ -128,8 +120,8 @@ def test_a_deliberation_from_a_converted_case_to_feedback(env: Env):
         "inviting", "deliberating", "carrying_out", "feedback"]
     told = [t for t in env.case(created["case_id"])["timeline"] if t["kind"] == "deliberation.result"]
     assert len(told) == 1 and "路灯已更换" in told[0]["data"]["message"]
-    [result] = wait_for(lambda: env.receiver.of(unit="property_co", type="deliberation.result"), len,
-                        "the result webhook (sent by the deliberation run, or the watch as the safety net)")
+    [result] = eventually(lambda: env.receiver.of(unit="property_co", type="deliberation.result"),
+                          "the result webhook (sent by the deliberation run, or the watch as the safety net)")
     assert "路灯已更换" in result.data["text"]
     run = env.flow_run(run_id)
     assert "王大爷" not in str(run) and "陈阿姨" not in str(run)

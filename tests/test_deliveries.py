@@ -35,7 +35,7 @@ from services import registry
 from services.delivery_policy import DeliveryPolicy, PolicyError, delivery_policy
 from services.policies import strict
 from services.tokens import hash_token, new_token, new_webhook_secret
-from tests.conftest import Env
+from tests.conftest import Env, eventually
 
 S = timedelta(seconds=1)
 
@@ -434,15 +434,6 @@ def _delivery_policy(env: Env, **values) -> Iterator[None]:
         path.write_text(original, encoding="utf-8")
 
 
-def _poll(what: str, probe, timeout: float = 180, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while not (result := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
-    return result
-
-
 def _unit_deliveries(env: Env, code: str, headers: dict | None = None) -> dict:
     r = env.api.get(f"/api/units/{code}/deliveries", headers=headers or env.admin)
     assert r.status_code == 200, r.text
@@ -457,7 +448,7 @@ def _wait_serving(env: Env, since: datetime) -> None:
             "flow_runs": {"start_time": {"after_": since.isoformat()}, "state": {"type": {"any_": ["COMPLETED"]}}},
             "limit": 1})
         return r.status_code == 200 and r.json()
-    _poll("serve to run the deadline watch again", watch_ran, timeout=240)
+    eventually(watch_ran, "serve to run the deadline watch again")
 
 
 def test_refused_delivery_is_listed_resent_and_arrives_once(env: Env):
@@ -474,7 +465,7 @@ def test_refused_delivery_is_listed_resent_and_arrives_once(env: Env):
         r = env.api.get("/api/deliveries", params={"status": "failed", "unit": code}, headers=env.admin)
         assert r.status_code == 200, r.text
         return r.json()
-    [delivery] = _poll("the refused delivery to be listed as failed", failed)
+    [delivery] = eventually(failed, "the refused delivery to be listed as failed")
     assert delivery["case_id"] == created["case_id"] and delivery["type"] == "work_order.assigned"
     assert delivery["attempts"] == 1 and delivery["last_status_code"] == 400
     assert env.api.get("/api/deliveries", headers=unit_auth).status_code == 403
@@ -492,8 +483,8 @@ def test_refused_delivery_is_listed_resent_and_arrives_once(env: Env):
     assert env.api.post("/api/deliveries/99999999/resend", headers=env.admin).status_code == 404
 
     # the unit sees its own deliveries with the attempt log; another unit does not
-    mine = _poll("the re-sent delivery to arrive", lambda: (d := _unit_deliveries(env, code, unit_auth))
-                 ["deliveries"][0]["status"] == "delivered" and d)
+    mine = eventually(lambda: _unit_deliveries(env, code, unit_auth), "the re-sent delivery to arrive",
+                      lambda d: d["deliveries"][0]["status"] == "delivered")
     [entry] = mine["deliveries"]
     assert entry["webhook_id"] == delivery["webhook_id"] and entry["resent_at"]
     assert [a["status_code"] for a in entry["attempt_log"]] == [400, 204]
@@ -521,8 +512,8 @@ def test_a_crash_between_the_order_and_its_send_still_delivers_once(env: Env):
         # a request timeout long enough that the kill surely comes first, even on a busy machine
         with _routed(env, "courier_disturbance", code), _delivery_policy(env, request_timeout="20s"):
             created = env.submit(category="courier_disturbance")
-            _poll("the work order's webhook to be in flight",
-                  lambda: any(u == code for u, _w, _t in env.receiver.started), timeout=240, every=0.02)
+            eventually(lambda: any(u == code for u, _w, _t in env.receiver.started),
+                       "the work order's webhook to be in flight", interval=0.02)
             os.killpg(serve.pid, signal.SIGKILL)
         serve.wait(timeout=30)
         killed_at = datetime.now(timezone.utc)
@@ -542,8 +533,8 @@ def test_a_crash_between_the_order_and_its_send_still_delivers_once(env: Env):
             _wait_serving(env, restarted)
     assert killed_at is not None
 
-    delivered = _poll("the delivery after the restart", lambda: (  # once the lease (timeout + 15 s) has lapsed
-        d := _unit_deliveries(env, code)["deliveries"][0])["status"] == "delivered" and d, timeout=240)
+    delivered = eventually(lambda: _unit_deliveries(env, code)["deliveries"][0], "the delivery after the restart",
+                           lambda d: d["status"] == "delivered")  # once the lease (timeout + 15 s) has lapsed
     [received] = env.receiver.of(unit=code)
     assert received.webhook_id == webhook_id == delivered["webhook_id"]
     assert received.data["case_number"] == created["number"]

@@ -20,7 +20,7 @@ from sqlmodel import Session, create_engine
 from hotline.clock import now
 from models import ExecutorBeat
 from hotline.runtime import REPO_ROOT
-from tests.conftest import STACK_TIMEOUT, Env, stack_env
+from tests.conftest import Env, eventually, stack_env
 
 EXECUTOR_ENV = {"HOTLINE_EXECUTOR_HEARTBEAT_SECONDS": "1", "HOTLINE_EXECUTOR_DEAD_AFTER_SECONDS": "6"}
 
@@ -57,9 +57,7 @@ def task_runs(env: Env, run_id: str, name: str, settle: float = 2.0) -> int:
                                                        "task_runs": {"name": {"like_": name}}})
         assert r.status_code == 200, r.text
         return len(r.json())
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while not count() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    eventually(count, f"a {name} task run")
     time.sleep(settle)
     return count()
 
@@ -73,6 +71,29 @@ def kill_runner(env: Env) -> None:
 def start_runner(env: Env) -> subprocess.Popen:
     env.stack._spawn(env.stack.runner, [sys.executable, "-m", "flows.executor"])
     return env.stack.procs[env.stack.runner]
+
+
+def start_slow_executor(env: Env, tmp_path, log_name: str) -> tuple[subprocess.Popen, str]:
+    """An executor of its own for tests/slow_flow.py (a flow that sleeps as long as it is told); returns it and
+    the slow flow's deployment id once it has registered."""
+    slow = subprocess.Popen([sys.executable, "-m", "tests.slow_flow", str(tmp_path)], env=env.stack.env(),
+                            cwd=str(REPO_ROOT), stdout=open(env.stack.home / "logs" / log_name, "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        r = eventually(lambda: env.prefect.get("/api/deployments/name/test-slow/slow"),
+                       "the slow flow's deployment", lambda r: r.status_code == 200 or slow.poll() is not None)
+        assert slow.poll() is None, f"the slow flow's executor exited with {slow.returncode}"
+    except BaseException:
+        if slow.poll() is None:
+            os.killpg(slow.pid, signal.SIGKILL)
+        raise
+    return slow, r.json()["id"]
+
+
+def wait_started(slow: subprocess.Popen, tmp_path) -> None:
+    eventually(lambda: (tmp_path / "long.started").exists() or slow.poll() is not None, "the slow flow to start",
+               interval=0.2)
+    assert slow.poll() is None, f"the slow flow's executor exited with {slow.returncode}"
 
 
 def our_db(env: Env) -> Session:
@@ -93,10 +114,7 @@ def test_a_case_runs_to_its_end_in_the_executor(inproc: Env):
     detail = inproc.wait(case_id, lambda d: d["status"] == "closed", "close")
     assert len(detail["work_orders"]) == 1
     assert len(inproc.receiver.of(type="work_order.assigned", case_number=created["number"])) == 1
-    deadline = time.monotonic() + STACK_TIMEOUT  # the case is closed; the run still publishes its last stage
-    while (final := inproc.flow_run(run_id))["state_type"] != "COMPLETED":
-        assert time.monotonic() < deadline, final["state_type"]
-        time.sleep(0.5)
+    inproc.wait_run(run_id, "COMPLETED")  # the case is closed; the run still publishes its last stage
     # at least two executions (intake; then the answers — a follow-up arriving while the run is still busy
     # is applied without another suspension); 受理 and 派单 ran in the first only
     r = inproc.prefect.get("/api/flow_run_states/", params={"flow_run_id": run_id})
@@ -109,17 +127,13 @@ def test_a_case_runs_to_its_end_in_the_executor(inproc: Env):
     assert {t["name"].rsplit("-", 1)[0] for t in r.json()} <= {"collect", "dispatch", "settle", "close"}, r.json()
     # the deadline watch (every few seconds) works in plain calls: its runs make no task runs. On a fast machine
     # the case can close before the watch's first run has completed, so wait for one
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while True:
+    def completed_watch_runs() -> list[str]:
         r = inproc.prefect_post("/api/flow_runs/filter", {"flows": {"name": {"any_": ["deadline-watch"]}},
                                                           "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
                                                           "sort": "START_TIME_ASC", "limit": 3})
         assert r.status_code == 200, r.text
-        if r.json():
-            break
-        assert time.monotonic() < deadline, "no deadline-watch run completed"
-        time.sleep(0.5)
-    watch_runs = [w["id"] for w in r.json()]
+        return [w["id"] for w in r.json()]
+    watch_runs = eventually(completed_watch_runs, "a completed deadline-watch run")
     r = inproc.prefect_post("/api/task_runs/filter", {"flow_runs": {"id": {"any_": watch_runs}}})
     assert r.status_code == 200 and r.json() == [], r.text
     # the executor's runs emit no heartbeat events (it detects dead executors itself): their other events are there
@@ -216,10 +230,8 @@ def test_a_dead_executors_running_run_is_run_again(inproc: Env):
 def test_killing_the_executor_mid_run_loses_and_duplicates_nothing(inproc: Env):
     created = [inproc.submit(category="street_lights") for _ in range(4)]
     run_ids = [c["flow_run_id"] for c in created]
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while not any(r["state_type"] in ("PENDING", "RUNNING") for r in runs_of(inproc, run_ids)):
-        assert time.monotonic() < deadline, "no run started"
-        time.sleep(0.1)
+    eventually(lambda: any(r["state_type"] in ("PENDING", "RUNNING") for r in runs_of(inproc, run_ids)),
+               "a run to start", interval=0.1)
     kill_runner(inproc)
     states = Counter(r["state_type"] for r in runs_of(inproc, run_ids))
     start_runner(inproc)
@@ -235,16 +247,8 @@ def test_killing_the_executor_mid_run_loses_and_duplicates_nothing(inproc: Env):
 def test_a_running_run_cancelled_by_an_operator_stops(inproc: Env, tmp_path):
     """Cancel in the UI = propose `Cancelling`; the executor running it stops it and marks it `Cancelled`, and goes
     on running other runs."""
-    env = inproc.stack.env()
-    slow = subprocess.Popen([sys.executable, "-m", "tests.slow_flow", str(tmp_path)], env=env,
-                            cwd=str(REPO_ROOT), stdout=open(inproc.stack.home / "logs" / "executor-slow.log", "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    slow, deployment = start_slow_executor(inproc, tmp_path, "executor-slow.log")
     try:
-        deadline = time.monotonic() + STACK_TIMEOUT
-        while (r := inproc.prefect.get("/api/deployments/name/test-slow/slow")).status_code != 200:
-            assert time.monotonic() < deadline and slow.poll() is None, "the slow flow's executor did not start"
-            time.sleep(0.5)
-        deployment = r.json()["id"]
 
         def start(seconds: float, tag: str) -> str:
             r = inproc.prefect_post(f"/api/deployments/{deployment}/create_flow_run",
@@ -252,27 +256,17 @@ def test_a_running_run_cancelled_by_an_operator_stops(inproc: Env, tmp_path):
             assert r.status_code == 201, r.text
             return r.json()["id"]
 
-        def wait_state(run_id: str, state_type: str) -> dict:
-            deadline = time.monotonic() + STACK_TIMEOUT
-            while (run := inproc.flow_run(run_id))["state_type"] != state_type:
-                assert time.monotonic() < deadline, f"{run_id}: {run['state_type']}, not {state_type}"
-                time.sleep(0.3)
-            return run
-
         long_run = start(600, "long")
-        run = wait_state(long_run, "RUNNING")
+        run = inproc.wait_run(long_run, "RUNNING")
         assert run["infrastructure_pid"].startswith("executor:")
-        deadline = time.monotonic() + STACK_TIMEOUT  # Running is proposed just before the flow's body starts
-        while not (tmp_path / "long.started").exists():
-            assert time.monotonic() < deadline, "the slow flow did not start"
-            time.sleep(0.2)
+        wait_started(slow, tmp_path)  # Running is proposed just before the flow's body starts
         r = inproc.prefect_post(f"/api/flow_runs/{long_run}/set_state", {"state": {"type": "CANCELLING"}})
         assert r.status_code in (200, 201), r.text
-        cancelled = wait_state(long_run, "CANCELLED")
+        cancelled = inproc.wait_run(long_run, "CANCELLED")
         assert cancelled["state"]["message"].startswith("cancelled on executor:")
         assert not (tmp_path / "long.finished").exists()
         short_run = start(0, "short")  # the executor is still there for the next run
-        wait_state(short_run, "COMPLETED")
+        inproc.wait_run(short_run, "COMPLETED")
         assert (tmp_path / "short.finished").exists() and not (tmp_path / "long.finished").exists()
     finally:
         os.killpg(slow.pid, signal.SIGTERM)
@@ -283,22 +277,14 @@ def test_sigterm_with_a_run_in_progress_drains_and_hands_it_back(inproc: Env, tm
     """A rolling update: SIGTERM while a run executes. Prefect's engine would raise TerminationSignal in the
     executor's event loop (ending it at once and marking the run Crashed, which nobody recovers); the executor
     instead lets the run go on for its grace, then stops it and hands it back, and exits cleanly."""
+    slow, deployment = start_slow_executor(inproc, tmp_path, "executor-sigterm.log")
     log = inproc.stack.home / "logs" / "executor-sigterm.log"
-    slow = subprocess.Popen([sys.executable, "-m", "tests.slow_flow", str(tmp_path)], env=inproc.stack.env(),
-                            cwd=str(REPO_ROOT), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
     try:
-        deadline = time.monotonic() + STACK_TIMEOUT
-        while (r := inproc.prefect.get("/api/deployments/name/test-slow/slow")).status_code != 200:
-            assert time.monotonic() < deadline and slow.poll() is None, "the slow flow's executor did not start"
-            time.sleep(0.5)
-        r = inproc.prefect_post(f"/api/deployments/{r.json()['id']}/create_flow_run",
+        r = inproc.prefect_post(f"/api/deployments/{deployment}/create_flow_run",
                                 {"parameters": {"seconds": 600, "tag": "long"}})
         assert r.status_code == 201, r.text
         run_id = r.json()["id"]
-        while not (tmp_path / "long.started").exists():
-            assert time.monotonic() < deadline and slow.poll() is None, "the slow flow did not start"
-            time.sleep(0.2)
+        wait_started(slow, tmp_path)
         began = time.monotonic()
         os.killpg(slow.pid, signal.SIGTERM)
         code = slow.wait(timeout=90)

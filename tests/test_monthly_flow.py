@@ -2,10 +2,9 @@
 for this month writes report.html and the CSV files and publishes the rates table as a Prefect artifact."""
 from __future__ import annotations
 
-import time
 
 from hotline.clock import local, now
-from tests.conftest import STACK_TIMEOUT, Env
+from tests.conftest import Env, eventually
 
 
 def test_monthly_report_flow_writes_files_and_publishes_the_rates(env: Env):
@@ -23,10 +22,9 @@ def test_monthly_report_flow_writes_files_and_publishes_the_rates(env: Env):
     run = env.prefect_post(f"/api/deployments/{deployment.json()['id']}/create_flow_run",
                            {"parameters": {"month": month}})
     assert run.status_code == 201, run.text
-    deadline = time.monotonic() + STACK_TIMEOUT
-    while (state := env.flow_run(run.json()["id"]))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
-        assert time.monotonic() < deadline, f"monthly report run is {state['state_name']}"
-        time.sleep(1)
+    state = eventually(lambda: env.flow_run(run.json()["id"]), "the monthly report run to end",
+                       lambda state: state["state_type"] in ("COMPLETED", "FAILED", "CRASHED"),
+                       describe=lambda state: state["state_name"])
     assert state["state_type"] == "COMPLETED", state["state_name"]
     assert state["name"] == f"report-{month}"
 

@@ -2,7 +2,6 @@
 spec's filters, spec-shaped errors in XML and JSON, and a request followed from intake to closed."""
 from __future__ import annotations
 
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from tests.conftest import Env
+from tests.conftest import Env, eventually
 
 V2 = "/open311/v2"
 FLOW_TIMEOUT = 240  # waits on the case's flow run: generous, the stack shares a small, busy machine
@@ -70,11 +69,7 @@ def get_one(env: Env, number: str, fmt: str = "json") -> dict:
 
 def wait_request(env: Env, number: str, until: Callable[[dict], bool], what: str,
                  timeout: float = FLOW_TIMEOUT) -> dict:
-    deadline = time.monotonic() + timeout
-    while not until(request := get_one(env, number)):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {request}"
-        time.sleep(0.5)
-    return request
+    return eventually(lambda: get_one(env, number), what, until, timeout)
 
 
 def flow_runs(env: Env, number: str) -> list[dict]:
@@ -86,11 +81,7 @@ def flow_runs(env: Env, number: str) -> list[dict]:
 def case_id_of(env: Env, number: str) -> str:
     """The case's run is named by its number and carries only the case id. When Prefect is too busy to create the
     run within intake's bound, the deadline watch starts it: wait for it rather than expect it at once."""
-    deadline = time.monotonic() + FLOW_TIMEOUT
-    while not (runs := flow_runs(env, number)):
-        assert time.monotonic() < deadline, f"no flow run named {number}"
-        time.sleep(0.5)
-    [run] = runs
+    [run] = eventually(lambda: flow_runs(env, number), f"a flow run named {number}", timeout=FLOW_TIMEOUT)
     return str(run["parameters"]["case_id"])
 
 

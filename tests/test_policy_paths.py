@@ -5,19 +5,11 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from tests.conftest import STACK_TIMEOUT, TEST_ESCALATION, TEST_SLA, Env
+from tests.conftest import TEST_ESCALATION, TEST_SLA, Env, eventually
 
 
 def kinds(detail: dict) -> list[str]:
     return [t["kind"] for t in detail["timeline"]]
-
-
-def eventually(check, what: str, timeout: float = STACK_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return result
 
 
 def sla(**urgent) -> dict:
