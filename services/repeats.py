@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import func, or_
+from pydantic import BaseModel, Field, field_validator, model_validator
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from hotline.settings import get_settings
@@ -50,6 +50,16 @@ class HotSpotRule(BaseModel):
     min_cases: int = Field(3, ge=2)
     min_citizens: int = Field(2, ge=1)
     max_links: int = Field(20, ge=1, le=500)  # a new case links to at most this many (the latest) cases of its spot
+    # a new case counts at most this many (the latest) cases of its spot: intake reads a bounded slice of the
+    # window however big the spot grows (a burst of calls about one outage), and says "N 件以上" past it
+    count_up_to: int = Field(200, ge=2, le=10_000)
+
+    @model_validator(mode="after")
+    def _counts_enough(self):
+        if self.count_up_to < max(self.min_cases, self.min_citizens, self.max_links):
+            raise ValueError(f"count_up_to ({self.count_up_to}) must be at least min_cases, min_citizens "
+                             f"and max_links")
+        return self
 
 
 class RepeatPolicy(BaseModel):
@@ -113,7 +123,7 @@ def link_repeats(session: Session, case: Case) -> None:
         ).order_by(col(Case.id))).all()
         linked = _linked(session, case)
         for other in earlier:
-            _link(session, case, other, SAME_CITIZEN, linked)
+            _link(session, case, other.id, SAME_CITIZEN, linked)
             record(session, case, "repeat.linked", f"重复诉求: 同一诉求人此前反映 {other.number}",
                    related=other.number, link=SAME_CITIZEN)
             record(session, other, "repeat.linked", f"重复诉求: 同一诉求人再次反映 {case.number}",
@@ -126,25 +136,33 @@ def link_repeats(session: Session, case: Case) -> None:
             session.add(case)
 
     if case.community:
-        rule = policy.hot_spot
-        since = case.reported_at - timedelta(days=rule.window_days)
-        in_cluster = (Case.community == case.community, Case.category == case.category, Case.id != case.id,
-                      col(Case.reported_at) >= since, col(Case.reported_at) <= case.reported_at)
-        others, keyed, unkeyed = session.exec(select(
-            func.count(), func.count(func.distinct(Case.citizen_key)),
-            func.count().filter(col(Case.citizen_key).is_(None))).where(*in_cluster)).one()
-        # distinct citizens: the others' keys, each keyless case as one, and this case unless its key is among them
-        seen_before = case.citizen_key is not None and session.exec(
-            select(Case.id).where(*in_cluster, Case.citizen_key == case.citizen_key)).first() is not None
-        citizens = keyed + unkeyed + (0 if seen_before else 1)
-        if others + 1 >= rule.min_cases and citizens >= rule.min_citizens:
-            latest = session.exec(select(Case).where(*in_cluster).order_by(col(Case.reported_at).desc())
-                                  .limit(rule.max_links)).all()  # a big hot spot links only its latest cases
-            linked = _linked(session, case)
-            for other in latest:
-                _link(session, case, other, HOT_SPOT, linked)
-            record(session, case, "hot_spot", f"热点: {rule.window_days} 天内同社区同类诉求 {others + 1} 件",
-                   cases=others + 1, citizens=citizens, related=[c.number for c in latest])
+        _link_hot_spot(session, case, policy.hot_spot)
+
+
+def _link_hot_spot(session: Session, case: Case, rule: HotSpotRule) -> None:
+    """The latest `count_up_to` cases of C's community and category in the window, newest first, in one query on
+    ix_case_hot_spot: enough to judge both thresholds and to pick the `max_links` to link, at a cost bounded by
+    the policy, not by the spot's size."""
+    from services.cases import record
+    since = case.reported_at - timedelta(days=rule.window_days)
+    rows = session.exec(select(Case.id, Case.number, Case.citizen_key).where(
+        Case.community == case.community, Case.category == case.category, Case.id != case.id,
+        col(Case.reported_at) >= since, col(Case.reported_at) <= case.reported_at,
+    ).order_by(col(Case.reported_at).desc()).limit(rule.count_up_to + 1)).all()
+    more = "以上" if len(rows) > rule.count_up_to else ""
+    rows = rows[:rule.count_up_to]
+    # distinct citizens: the others' keys, each keyless case as one, and this case unless its key is among them
+    keys = {key for _, _, key in rows if key is not None}
+    citizens = len(keys) + sum(1 for _, _, key in rows if key is None) + (case.citizen_key not in keys)
+    cases_counted = len(rows) + 1
+    if cases_counted < rule.min_cases or citizens < rule.min_citizens:
+        return
+    latest = rows[:rule.max_links]  # a big hot spot links only its latest cases
+    linked = _linked(session, case)
+    for other_id, _, _ in latest:
+        _link(session, case, other_id, HOT_SPOT, linked)
+    record(session, case, "hot_spot", f"热点: {rule.window_days} 天内同社区同类诉求 {cases_counted} 件{more}",
+           cases=cases_counted, citizens=citizens, counted_up_to=bool(more), related=[n for _, n, _ in latest])
 
 
 def _linked(session: Session, case: Case) -> set[tuple[int, str]]:
@@ -152,10 +170,10 @@ def _linked(session: Session, case: Case) -> set[tuple[int, str]]:
     return set(session.exec(select(CaseLink.related_case_id, CaseLink.kind).where(CaseLink.case_id == case.id)).all())
 
 
-def _link(session: Session, case: Case, other: Case, kind: str, linked: set[tuple[int, str]]) -> None:
-    if (other.id, kind) not in linked:
-        session.add(CaseLink(case_id=case.id, related_case_id=other.id, kind=kind))
-        linked.add((other.id, kind))
+def _link(session: Session, case: Case, other_id: int, kind: str, linked: set[tuple[int, str]]) -> None:
+    if (other_id, kind) not in linked:
+        session.add(CaseLink(case_id=case.id, related_case_id=other_id, kind=kind))
+        linked.add((other_id, kind))
 
 
 def related(session: Session, case_id: int) -> list[dict]:

@@ -204,3 +204,28 @@ def test_a_big_hot_spot_links_only_the_latest_cases(db):
         entry = s.exec(select(TimelineEntry).where(TimelineEntry.case_id == ids[-1],
                                                    TimelineEntry.kind == "hot_spot")).one()
     assert entry.data["cases"] == 5 and entry.data["citizens"] == 5 and len(entry.data["related"]) == 2
+
+
+def test_a_big_hot_spot_is_counted_up_to_the_policy_bound(db):
+    write_policy(db, hot_spot={"window_days": 7, "min_cases": 3, "min_citizens": 2, "max_links": 2,
+                               "count_up_to": 3})
+    ids = [submit(phone=f"1310000002{i}", category="noise", days=i / 10) for i in range(6)]
+    from hotline.db import read_scope
+    from models import TimelineEntry
+    from sqlmodel import select
+    with read_scope() as s:
+        entries = {e.case_id: e for e in s.exec(select(TimelineEntry).where(TimelineEntry.kind == "hot_spot"))}
+    # the third case is the first in the spot; up to the bound the count is exact, past it "以上"
+    assert sorted(entries) == ids[2:]
+    assert [(entries[i].data["cases"], entries[i].data["counted_up_to"]) for i in ids[2:]] == [
+        (3, False), (4, False), (4, True), (4, True)]
+    assert entries[ids[-1]].note.endswith("4 件以上") and entries[ids[2]].note.endswith("3 件")
+    assert [k for k, d in links(ids[-1]) if d == "earlier"] == ["hot_spot", "hot_spot"]
+
+
+def test_count_up_to_must_cover_the_other_bounds(db):
+    from services.policies import PolicyError
+    from services.repeats import repeat_policy
+    write_policy(db, hot_spot={"max_links": 20, "count_up_to": 10})
+    with pytest.raises(PolicyError, match="count_up_to"):
+        repeat_policy()
