@@ -113,17 +113,17 @@ class Bench:
         esc = yaml.safe_load((policy_dir / "escalation.yaml").read_text(encoding="utf-8"))
         (policy_dir / "escalation.yaml").write_text(yaml.safe_dump(esc, allow_unicode=True), encoding="utf-8")
         self.cleanup = lambda: None
-        db_url = prefect_url = None
+        self.dbs = db_url = prefect_url = None
         if args.topology == "scaled":
             from hotline.topology import scaled
             args.postgres, args.executor = True, "inprocess"
             self.stack, dbs = scaled(self.home, policy_dir=policy_dir, watch_interval_seconds=args.watch_seconds,
                                      api_port=free_port(), prefect_port=free_port())
-            self.cleanup, self.db_url = dbs.drop, dbs.ours
+            self.cleanup, self.db_url, self.dbs = dbs.drop, dbs.ours, dbs
         elif args.postgres:
             from hotline.topology import Databases
             dbs = Databases(prefix="bench")
-            db_url, prefect_url, self.cleanup = dbs.ours, dbs.prefect, dbs.drop
+            db_url, prefect_url, self.cleanup, self.dbs = dbs.ours, dbs.prefect, dbs.drop, dbs
         if args.topology != "scaled":
             self.db_url = db_url or f"sqlite:///{self.home / 'hotline.db'}"
             self.stack = Stack(home=self.home, api_port=free_port(), prefect_port=free_port(), database_url=db_url,
@@ -568,11 +568,21 @@ class Bench:
             f"- Sizes: {a.baseline_runs} baseline runs, {a.lifecycles} lifecycles"
             + (f" in {a.lifecycle_waves} waves" if a.lifecycle_waves > 1 else "") + f", burst {a.burst}, "
             f"{a.latency_cases} latency cases, {a.open_cases:,} extra open cases, {a.escalation_cases} escalations.",
+            *([self._vacuum_line()] if self.dbs else []),
             "",
             table(self.figures),
             "",
             *(f"- {n}" for n in self.notes),
         ])
+
+
+    def _vacuum_line(self) -> str:
+        v = self.dbs.vacuum
+        if not v.active:
+            return "- Postgres: autovacuum on (the server's own)."
+        return ("- Postgres: autovacuum **off** on this machine (its configuration file); our databases were kept by "
+                f"autovacuum's rule instead (hotline/autovacuum.py): {v.vacuums} vacuums and {v.analyzes} analyzes "
+                "of tables, in Postgres's CPU.")
 
 
 def _comm(pid: str | int) -> str:

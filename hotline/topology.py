@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from hotline.autovacuum import AutovacuumStandIn
 from hotline.runtime import Stack, free_port
 
 POSTGRES = os.environ.get("HOTLINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -48,7 +49,8 @@ def redis_settings(url: str) -> dict[str, str]:
 @dataclass
 class Databases:
     """A Prefect database and a schema for our DB on the machine's Postgres, made for one run and dropped after
-    (the scaled shape's, and the benchmark's with --postgres)."""
+    (the scaled shape's, and the benchmark's with --postgres). Where the server runs with autovacuum off, they are
+    kept vacuumed by autovacuum's rule (hotline/autovacuum.py) until dropped."""
     admin_url: str = POSTGRES
     prefix: str = "scaled"
 
@@ -61,8 +63,11 @@ class Databases:
         base = self.admin_url.split("://", 1)[1]
         self.ours = f"postgresql+psycopg://{base}?options=-csearch_path%3D{self.schema}"
         self.prefect = f"postgresql+asyncpg://{base.rsplit('/', 1)[0]}/{self.prefect_db}"
+        prefect_conninfo = f"{self.admin_url.rsplit('/', 1)[0]}/{self.prefect_db}"
+        self.vacuum = AutovacuumStandIn([(prefect_conninfo, "public"), (self.admin_url, self.schema)]).start()
 
     def drop(self) -> None:
+        self.vacuum.stop()
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.prefect_db}" WITH (FORCE)')
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
