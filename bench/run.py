@@ -575,7 +575,6 @@ class Bench:
             *(f"- {n}" for n in self.notes),
         ])
 
-
     def _vacuum_line(self) -> str:
         v = self.dbs.vacuum
         if not v.active:

@@ -42,14 +42,12 @@ WHERE t.schemaname = %s
 """
 
 
-def autovacuum_is_on(conninfo: str) -> bool:
+def autovacuum_settings(conninfo: str) -> tuple[bool, float]:
+    """(whether the server's autovacuum is on, its naptime in seconds)."""
     with psycopg.connect(conninfo) as conn:
-        return conn.execute("SELECT current_setting('autovacuum') = 'on'").fetchone()[0]
-
-
-def naptime_seconds(conninfo: str) -> float:
-    with psycopg.connect(conninfo) as conn:
-        return float(conn.execute("SELECT setting FROM pg_settings WHERE name = 'autovacuum_naptime'").fetchone()[0])
+        on, naptime = conn.execute("SELECT current_setting('autovacuum') = 'on', setting FROM pg_settings "
+                                   "WHERE name = 'autovacuum_naptime'").fetchone()
+    return on, float(naptime)
 
 
 def due_tables(conn: psycopg.Connection, schema: str) -> list[tuple[str, str, bool, bool]]:
@@ -84,10 +82,10 @@ class AutovacuumStandIn:
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> "AutovacuumStandIn":
-        conninfo = self.targets[0][0]
-        if autovacuum_is_on(conninfo):
+        on, every = autovacuum_settings(self.targets[0][0])
+        if on:
             return self
-        self.active, every = True, naptime_seconds(conninfo)
+        self.active = True
         log.warning("Postgres runs with autovacuum off; applying its rule to our databases every %.0f s", every)
         self._thread = threading.Thread(target=self._run, args=(every,), name="autovacuum-stand-in", daemon=True)
         self._thread.start()

@@ -6,7 +6,7 @@ import uuid
 import psycopg
 import pytest
 
-from hotline.autovacuum import AutovacuumStandIn, autovacuum_is_on, due_tables, tend
+from hotline.autovacuum import AutovacuumStandIn, autovacuum_settings, due_tables, tend
 from tests.conftest import POSTGRES_ADMIN
 
 
@@ -63,6 +63,6 @@ def test_a_few_changes_stay_under_the_thresholds_then_an_analyze_alone_is_due(sc
 def test_the_stand_in_runs_only_where_autovacuum_is_off(schema):
     keeper = AutovacuumStandIn([(POSTGRES_ADMIN, schema)]).start()
     try:
-        assert keeper.active is not autovacuum_is_on(POSTGRES_ADMIN)
+        assert keeper.active is not autovacuum_settings(POSTGRES_ADMIN)[0]
     finally:
         keeper.stop()
