@@ -465,7 +465,7 @@ def test_refused_delivery_is_listed_resent_and_arrives_once(env: Env):
         r = env.api.get("/api/deliveries", params={"status": "failed", "unit": code}, headers=env.admin)
         assert r.status_code == 200, r.text
         return r.json()
-    [delivery] = eventually(failed, "the refused delivery to be listed as failed")
+    [delivery] = eventually(failed, "the refused delivery to be listed as failed", timeout=180)
     assert delivery["case_id"] == created["case_id"] and delivery["type"] == "work_order.assigned"
     assert delivery["attempts"] == 1 and delivery["last_status_code"] == 400
     assert env.api.get("/api/deliveries", headers=unit_auth).status_code == 403
@@ -484,7 +484,7 @@ def test_refused_delivery_is_listed_resent_and_arrives_once(env: Env):
 
     # the unit sees its own deliveries with the attempt log; another unit does not
     mine = eventually(lambda: _unit_deliveries(env, code, unit_auth), "the re-sent delivery to arrive",
-                      lambda d: d["deliveries"][0]["status"] == "delivered")
+                      lambda d: d["deliveries"][0]["status"] == "delivered", timeout=180)
     [entry] = mine["deliveries"]
     assert entry["webhook_id"] == delivery["webhook_id"] and entry["resent_at"]
     assert [a["status_code"] for a in entry["attempt_log"]] == [400, 204]
