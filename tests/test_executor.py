@@ -15,6 +15,7 @@ from datetime import timedelta
 from uuid import UUID
 
 import pytest
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from sqlmodel import Session, create_engine
 
 from hotline.clock import now
@@ -330,3 +331,52 @@ def test_a_claimed_run_is_read_again_before_it_runs(inproc: Env):
     assert "case-x-wait-0" not in listed.empirical_policy.pause_keys  # stale
     assert claimed is not None and claimed.state.type == T.PENDING
     assert "case-x-wait-0" in claimed.empirical_policy.pause_keys
+
+
+def test_a_round_that_finds_the_last_one_running_is_skipped_not_cancelled(inproc: Env, monkeypatch):
+    """The deadline watch runs one round at a time and the server cancels a new run that finds one active
+    (CANCEL_NEW). The executor skips such a round instead (a cancelled run costs Prefect's cleanup for a day): the
+    due run is deleted, unless it was claimed since it was listed."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Completed, Pending, Running
+
+    from flows.executor import Executor
+
+    @flow(name="test-one-at-a-time")
+    async def one_at_a_time() -> None:
+        pass
+
+    options = dict(name="limited", concurrency_limit=ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW))
+    monkeypatch.setattr(Executor, "_beat", lambda self: None)  # this test process has no executor of its own
+
+    async def go() -> list[str]:
+        with temporary_settings({PREFECT_API_URL: f"{inproc.stack.prefect_url}/api"}):
+            executor = Executor(deploy=[(one_at_a_time, options)])
+            await executor.start()
+            (deployment_id,) = executor.flows
+            assert executor.cancel_new == {deployment_id: 1}
+            async with get_client() as client:
+                first, second, third = [await client.create_flow_run_from_deployment(deployment_id)
+                                        for _ in range(3)]
+                assert not await executor._skip_if_busy(client, first)  # nothing active: it is claimed as usual
+                for state in (Pending(), Running()):
+                    assert (await client.set_flow_run_state(first.id, state)).status.value == "ACCEPT"
+                assert await executor._skip_if_busy(client, second)
+                with pytest.raises(ObjectNotFound):
+                    await client.read_flow_run(second.id)
+                # `third` as listed is Scheduled, but it was claimed since: it is left to its claimant
+                await client.set_flow_run_state(third.id, Pending(), force=True)
+                assert not await executor._skip_if_busy(client, third)
+                assert (await client.read_flow_run(third.id)).state.is_pending()
+                await client.set_flow_run_state(first.id, Completed())
+                runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[deployment_id])), sort=FlowRunSort.ID_DESC, limit=10)
+                assert executor.counts["skipped"] == 1
+                return sorted(run.state.type.value for run in runs)
+    assert asyncio.run(go()) == ["COMPLETED", "PENDING"]  # nothing cancelled
