@@ -49,7 +49,12 @@ def init_db() -> None:
     settings = get_settings()
     if settings.db_url.startswith("sqlite"):
         settings.home.mkdir(parents=True, exist_ok=True)
-    SQLModel.metadata.create_all(get_engine())
+    engine = get_engine()
+    SQLModel.metadata.create_all(engine)
+    # create_all skips a table that exists, indexes and all: an index a release adds is created here
+    for table in SQLModel.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
 
 
 @contextmanager

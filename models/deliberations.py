@@ -12,10 +12,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from hotline.clock import now
+from models.signals import pending_index
 
 
 class DeliberationStep(StrEnum):
@@ -163,7 +164,7 @@ class DeliberationEntry(SQLModel, table=True):
 class DeliberationSignal(SQLModel, table=True):
     """The deliberation's inbox: written with what caused it, applied once by its flow run (as CaseSignal)."""
 
-    __table_args__ = (Index("ix_deliberation_signal_pending", "deliberation_id", "processed_at"),)
+    __table_args__ = (pending_index("ix_deliberation_signal_unapplied", "deliberation_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     deliberation_id: int = Field(foreign_key="deliberation.id")
