@@ -183,6 +183,11 @@ class Bench:
             rows = {name: conn.execute(text(f"SELECT count(*) FROM {name}")).scalar_one() for name in PREFECT_TABLES}
             rows["running"] = conn.execute(text("SELECT count(*) FROM flow_run_state WHERE type = 'RUNNING'")
                                            ).scalar_one()
+            for state in ("COMPLETED", "CANCELLED"):  # the deadline watch's rounds: run, or cancelled by the server
+                rows[f"watch_{state.lower()}"] = conn.execute(text(
+                    "SELECT count(*) FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
+                    "WHERE flow.name = 'deadline-watch' AND flow_run.state_type = :state"), {"state": state}
+                ).scalar_one()
             return rows
 
     def procs(self) -> dict[str, int]:
@@ -422,6 +427,10 @@ class Bench:
         executions = (rows1["running"] - rows0["running"]) / a.lifecycles if a.lifecycles else None
         self.figures.append(Figure("flow executions per lifecycle (Running states, the deadline watch's too)",
                                    executions, "runs"))
+        watch = {state: rows1[f"watch_{state}"] - rows0[f"watch_{state}"] for state in ("completed", "cancelled")}
+        self.figures.append(Figure("deadline-watch rounds while the lifecycles ran: cancelled by the server (a round "
+                                   "that found the last still running; Prefect's cleanup re-reads each for a day)",
+                                   watch["cancelled"], "runs", note=f"({watch['completed']} completed)"))
         for name in PREFECT_TABLES:  # the deadline watch's own runs in the meantime are counted too
             per = (rows1[name] - rows0[name]) / a.lifecycles if a.lifecycles else None
             self.figures.append(Figure(f"Prefect rows per lifecycle: {name}", per, "rows"))

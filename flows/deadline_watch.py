@@ -10,20 +10,21 @@ all closed, wakes those with pending signals and starts the runs of those record
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger
-from sqlmodel import select
 
 from flows import NO_RESULTS
 from flows.control import start_cases, start_deliberation_flow, unstarted_cases, wake
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
-from models import Case, CaseSignal
 from notifications.webhooks import deliver_due
 from services import cases, deliberations, whistles
 
-STARTUP_GRACE_SECONDS = 15
+# What the watch leaves to the writer of a record for a while: intake and the executors' starters start their
+# cases' runs, an answer wakes its case's run. Past this grace the watch does it (the writer's own attempt failed,
+# or its process stopped).
+WRITER_GRACE_SECONDS = 15
 
 # The watch runs every few seconds (`HOTLINE_WATCH_INTERVAL_SECONDS`, 10 by default): 8,640 runs a day. Its steps
 # are plain calls, not task runs: five task runs a round were 43,200 task runs and about 130,000 events a day in
@@ -49,23 +50,19 @@ async def find_lapsed() -> dict[str, int]:
     return await asyncio.to_thread(_signal_lapses)
 
 
-def _waiting_runs() -> list[tuple[str, int]]:
+def _past_grace() -> datetime:
+    return now() - timedelta(seconds=WRITER_GRACE_SECONDS)
+
+
+def _waiting_runs(round_started: datetime) -> list[tuple[str, int]]:
     with read_scope() as session:
-        rows = session.exec(
-            select(Case.flow_run_id, CaseSignal.id)
-            .join(CaseSignal, CaseSignal.case_id == Case.id)
-            .where(CaseSignal.processed_at.is_(None), Case.flow_run_id.is_not(None))  # type: ignore
-            .order_by(CaseSignal.id)
-        ).all()
-    first: dict[str, int] = {}
-    for run_id, signal_id in rows:
-        first.setdefault(run_id, signal_id)
-    return list(first.items())
+        return cases.waiting_runs(session, written_since=round_started, older_than=_past_grace())
 
 
-async def wake_cases() -> int:
+async def wake_cases(round_started: datetime) -> int:
+    """Wake the case runs with signals this round wrote, or whose writer's wake was lost."""
     woken = 0
-    for run_id, signal_id in await asyncio.to_thread(_waiting_runs):
+    for run_id, signal_id in await asyncio.to_thread(_waiting_runs, round_started):
         woken += await wake(run_id, "signal_pending", signal_id)
     return woken
 
@@ -73,24 +70,23 @@ async def wake_cases() -> int:
 async def start_unstarted() -> int:
     """Cases recorded while Prefect was unreachable (or whose starter stopped): past the grace that intake and
     the executors' starters have to start them themselves."""
-    recorded = await asyncio.to_thread(unstarted_cases, limit=200, older_than_seconds=STARTUP_GRACE_SECONDS)
+    recorded = await asyncio.to_thread(unstarted_cases, limit=200, older_than_seconds=WRITER_GRACE_SECONDS)
     return await start_cases(recorded)
 
 
-def _deliberations_to_move() -> tuple[int, list[tuple[str, int]], list]:
+def _deliberations_to_move(round_started: datetime) -> tuple[int, list[tuple[str, int]], list]:
     with session_scope() as session:
         done = len(deliberations.signal_items_done(session))
     with read_scope() as session:
-        waiting = deliberations.waiting_runs(session)
-        unstarted = [(d, deliberations.run_tags(d)) for d in deliberations.unstarted(
-            session, now() - timedelta(seconds=STARTUP_GRACE_SECONDS))]
+        waiting = deliberations.waiting_runs(session, written_since=round_started, older_than=_past_grace())
+        unstarted = [(d, deliberations.run_tags(d)) for d in deliberations.unstarted(session, _past_grace())]
     return done, waiting, unstarted
 
 
-async def move_deliberations() -> dict[str, int]:
-    """Deliberations whose items are all closed are told so; runs with pending signals are woken; unstarted ones
-    are started."""
-    done, waiting, unstarted = await asyncio.to_thread(_deliberations_to_move)
+async def move_deliberations(round_started: datetime) -> dict[str, int]:
+    """Deliberations whose items are all closed are told so; runs with signals this round wrote or whose writer's
+    wake was lost are woken; unstarted ones are started."""
+    done, waiting, unstarted = await asyncio.to_thread(_deliberations_to_move, round_started)
     woken = 0
     for run_id, signal_id in waiting:
         woken += await wake(run_id, "signal_pending", signal_id)
@@ -105,11 +101,12 @@ async def retry_deliveries() -> dict[str, int]:
 
 @flow(name="deadline-watch", **NO_RESULTS, description="Escalates lapsed deadlines and keeps every case moving.")
 async def deadline_watch() -> dict:
+    started = now()
     summary = {
         "lapsed": await find_lapsed(),
-        "woken": await wake_cases(),
+        "woken": await wake_cases(started),
         "started": await start_unstarted(),
-        "deliberations": await move_deliberations(),
+        "deliberations": await move_deliberations(started),
         "deliveries": await retry_deliveries(),
     }
     get_run_logger().info("deadline watch: %s", summary)

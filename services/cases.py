@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import tuple_
+from sqlalchemy import or_, tuple_
 from sqlmodel import Session, col, select
 
 from hotline.clock import local, now, stored_utc
@@ -313,6 +313,27 @@ def status_of(session: Session, case_id: int) -> CaseStatus:
 def first_pending_signal(session: Session, case_id: int) -> tuple[str, int] | None:
     signal = session.exec(_pending(case_id).limit(1)).first()
     return (signal.kind, signal.id) if signal else None
+
+
+def waiting_runs(session: Session, *, written_since: datetime, older_than: datetime) -> list[tuple[str, int]]:
+    """(flow run id, first pending signal id) of the case runs the deadline watch wakes: those with a signal written
+    since `written_since` (by the watch's own round) or older than `older_than` (its writer's wake was lost). A
+    signal an answer wrote a moment ago is left to that answer's own wake: a second wake would only be refused,
+    the run being resumed already (about two refused resumes per lifecycle in a bench, docs/performance.md)."""
+    return first_signal_per_run(session.exec(
+        select(Case.flow_run_id, CaseSignal.id)
+        .join(CaseSignal, col(CaseSignal.case_id) == Case.id)
+        .where(col(CaseSignal.processed_at).is_(None), col(Case.flow_run_id).is_not(None),
+               or_(CaseSignal.created_at >= written_since, CaseSignal.created_at <= older_than))
+        .order_by(col(CaseSignal.id))).all())
+
+
+def first_signal_per_run(rows: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """(run id, signal id) rows in signal order -> the first signal of each run."""
+    first: dict[str, int] = {}
+    for run_id, signal_id in rows:
+        first.setdefault(run_id, signal_id)
+    return list(first.items())
 
 
 def settle(session: Session, case_id: int, applied: list[str] | None = None) -> CaseStatus:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, func, select
 
 from hotline.clock import iso, local, now
@@ -548,17 +549,15 @@ def next_wait(session: Session, deliberation_id: int) -> int | None:
     return deliberation.wait_seq
 
 
-def waiting_runs(session: Session) -> list[tuple[str, int]]:
-    """(flow run id, first pending signal id) of deliberations with signals their run has not applied yet."""
-    rows = session.exec(select(Deliberation.flow_run_id, DeliberationSignal.id)
-                        .join(DeliberationSignal, DeliberationSignal.deliberation_id == Deliberation.id)
-                        .where(col(DeliberationSignal.processed_at).is_(None),
-                               col(Deliberation.flow_run_id).is_not(None))
-                        .order_by(col(DeliberationSignal.id))).all()
-    first: dict[str, int] = {}
-    for run_id, signal_id in rows:
-        first.setdefault(run_id, signal_id)
-    return list(first.items())
+def waiting_runs(session: Session, *, written_since: datetime, older_than: datetime) -> list[tuple[str, int]]:
+    """(flow run id, first pending signal id) of the deliberation runs the deadline watch wakes, chosen as
+    `cases.waiting_runs` chooses case runs."""
+    return cases.first_signal_per_run(session.exec(
+        select(Deliberation.flow_run_id, DeliberationSignal.id)
+        .join(DeliberationSignal, col(DeliberationSignal.deliberation_id) == Deliberation.id)
+        .where(col(DeliberationSignal.processed_at).is_(None), col(Deliberation.flow_run_id).is_not(None),
+               or_(DeliberationSignal.created_at >= written_since, DeliberationSignal.created_at <= older_than))
+        .order_by(col(DeliberationSignal.id))).all())
 
 
 def unstarted(session: Session, before: datetime, limit: int = 200) -> list[Deliberation]:

@@ -53,7 +53,9 @@ def test_happy_path_to_closed(env: Env):
     run = env.flow_run(created["flow_run_id"])
     assert run["name"] == number
     assert run["parameters"] == {"case_id": int(case_id)}
-    assert {"district:haidian", "street:haidian_st", "category:street_lights", "urgency:normal"} <= set(run["tags"])
+    # urgency as the case has it: a hot spot (热点) raises it, and earlier tests of the session may have made one here
+    assert {"district:haidian", "street:haidian_st", "category:street_lights",
+            f"urgency:{detail['urgency']}"} <= set(run["tags"]), run["tags"]
     env.wait_run(created["flow_run_id"], "COMPLETED")
 
 
