@@ -7,7 +7,7 @@ The executor keeps Prefect's guarantees by going through the server's orchestrat
 - **One executor per run**: a scheduled run is claimed by proposing `Pending`; the server accepts that once, so
   two executors never run the same run (and deployment concurrency limits, e.g. the deadline watch's, hold).
   A due run of a deployment that cancels a new run while its limit is taken (the deadline watch: one round at a
-  time, `CANCEL_NEW`) is not claimed while a run of it is active: the round is skipped (`_skip_if_busy`).
+  time, `CANCEL_NEW`) is skipped, not claimed, while a run of it is under way or a later one is due.
   The run then goes through Prefect's own engine (`run_flow_async`): states, task runs, logs, pauses, as in a
   subprocess.
 - **Cancellation**: a run an operator cancels (state `Cancelling`) is stopped and marked `Cancelled`.
@@ -177,7 +177,7 @@ class Executor:
         due = await client.get_scheduled_flow_runs_for_deployments(
             deployment_ids=list(self.flows), scheduled_before=now(), limit=free)
         self.due_waiting = len(due)
-        due = [run for run in due if self._claims_now(run)]
+        due = [run for run in await self._without_superseded(client, due) if self._claims_now(run)]
         due.sort(key=lambda r: (r.next_scheduled_start_time is None, r.next_scheduled_start_time))
         started = 0
         for listed in due:
@@ -199,7 +199,7 @@ class Executor:
         index, count = self.shard
         if count == 1 or flow_run.id.int % count == index:
             return True
-        due_at = flow_run.next_scheduled_start_time or flow_run.expected_start_time
+        due_at = _due_at(flow_run)
         return due_at is None or (now() - due_at).total_seconds() > OTHERS_AFTER
 
     async def _start_loop(self) -> None:
@@ -250,16 +250,31 @@ class Executor:
             return False
         return True
 
+    # A deployment whose concurrency limit cancels a new run while the limit is taken (the deadline watch: one
+    # round at a time, `CANCEL_NEW`) has due runs that are rounds to skip: claiming them would only have the server
+    # cancel them, and a cancelled run is not free. Prefect's cancellation cleanup lists every run cancelled in the
+    # last day every 20 s and queues a job for each (in a long bench, two watch runs in three were cancelled and
+    # that cleanup grew to a seventh of the services' CPU, docs/performance.md). So the executor deletes a skipped
+    # round instead: it never started and holds nothing, and the schedule has the next one in one interval.
+
+    async def _without_superseded(self, client: PrefectClient, due: list[FlowRun]) -> list[FlowRun]:
+        """Of such a deployment's due runs only the newest (as many as its limit) are rounds to run; the older ones
+        were missed while a round ran long or the executors were down. Every executor lists the same due runs and
+        keeps the same newest, so two executors claim the same round (one wins) rather than two rounds at once."""
+        kept: dict[UUID, list[FlowRun]] = {}
+        for flow_run in sorted(due, key=lambda r: _due_at(r) or now(), reverse=True):
+            if flow_run.deployment_id in self.cancel_new:
+                kept.setdefault(flow_run.deployment_id, []).append(flow_run)
+        superseded = {flow_run.id for deployment_id, runs in kept.items()
+                      for flow_run in runs[self.cancel_new[deployment_id]:]}
+        for flow_run in due:
+            if flow_run.id in superseded:
+                await self._skip(client, flow_run, "a later round is due")
+        return [flow_run for flow_run in due if flow_run.id not in superseded]
+
     async def _skip_if_busy(self, client: PrefectClient, flow_run: FlowRun) -> bool:
-        """A deployment whose concurrency limit cancels a new run while the limit is taken (the deadline watch: one
-        round at a time, `CANCEL_NEW`): a due run that finds the limit taken is a round to skip, and claiming it
-        would only have the server cancel it. A cancelled run is not free: Prefect's cancellation cleanup lists
-        every run cancelled in the last day every 20 s and queues a job for each (in a long bench, two watch runs
-        in three were cancelled and that cleanup grew to a seventh of the services' CPU, docs/performance.md).
-        So the executor deletes the skipped run instead: it never started and holds nothing, and the schedule has
-        the next round in one interval. Two executors judging the same run at once still meet the server's limit
-        (and the run is read again just before, so a stale listing never deletes a run someone claimed since).
-        Returns whether the run was skipped."""
+        """Skip such a deployment's due run while its limit is taken by runs under way. Two executors judging two
+        runs at once still meet the server's limit. Returns whether the run was skipped."""
         limit = self.cancel_new.get(flow_run.deployment_id)
         if limit is None:
             return False
@@ -268,17 +283,19 @@ class Executor:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(not_any_=[flow_run.id]), state=FlowRunFilterState(
                 type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))),
             sort=FlowRunSort.ID_DESC, limit=limit)
-        if len(active) < limit:
-            return False
-        try:  # the listing may be stale: only a run still waiting is deleted, never one another executor claimed
+        return len(active) >= limit and await self._skip(client, flow_run, f"{len(active)} still under way")
+
+    async def _skip(self, client: PrefectClient, flow_run: FlowRun, why: str) -> bool:
+        """Delete a due run that is a round to skip. The listing may be stale: only a run still scheduled is
+        deleted, never one another executor claimed since. Returns whether it was skipped."""
+        try:
             if not (await client.read_flow_run(flow_run.id)).state.is_scheduled():
                 return False
             await client.delete_flow_run(flow_run.id)
         except ObjectNotFound:
             pass  # another executor skipped it first
         self.counts["skipped"] += 1
-        log.info("skipped flow run %s (%s): %d of its deployment still active", flow_run.name, flow_run.id,
-                 len(active))
+        log.info("skipped flow run %s (%s): %s", flow_run.name, flow_run.id, why)
         return True
 
     async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> FlowRun | None:
@@ -437,6 +454,10 @@ class Executor:
             # the engine marks a run Crashed when its task is cancelled: that was us, so it is handed back too
             if not state.is_paused() and (not state.is_final() or state.is_crashed()):
                 await self._hand_back(client, flow_run, f"executor {self.id} stopped")
+
+
+def _due_at(flow_run: FlowRun):
+    return flow_run.next_scheduled_start_time or flow_run.expected_start_time
 
 
 def _without_suspension_observer() -> None:

@@ -334,9 +334,10 @@ def test_a_claimed_run_is_read_again_before_it_runs(inproc: Env):
 
 
 def test_a_round_that_finds_the_last_one_running_is_skipped_not_cancelled(inproc: Env, monkeypatch):
-    """The deadline watch runs one round at a time and the server cancels a new run that finds one active
-    (CANCEL_NEW). The executor skips such a round instead (a cancelled run costs Prefect's cleanup for a day): the
-    due run is deleted, unless it was claimed since it was listed."""
+    """The deadline watch runs one round at a time and the server cancels a new run that finds one under way
+    (CANCEL_NEW). The executor skips such rounds instead (a cancelled run costs Prefect's cleanup for a day): of
+    several due runs only the newest is kept, and a due run that finds one under way is deleted, unless it was
+    claimed since it was listed."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -362,21 +363,32 @@ def test_a_round_that_finds_the_last_one_running_is_skipped_not_cancelled(inproc
             (deployment_id,) = executor.flows
             assert executor.cancel_new == {deployment_id: 1}
             async with get_client() as client:
-                first, second, third = [await client.create_flow_run_from_deployment(deployment_id)
-                                        for _ in range(3)]
-                assert not await executor._skip_if_busy(client, first)  # nothing active: it is claimed as usual
+                async def gone(flow_run) -> bool:
+                    try:
+                        await client.read_flow_run(flow_run.id)
+                        return False
+                    except ObjectNotFound:
+                        return True
+
+                missed = [await client.create_flow_run_from_deployment(deployment_id) for _ in range(3)]
+                kept = await executor._without_superseded(client, missed)  # three rounds due: the newest runs
+                assert [run.id for run in kept] == [missed[-1].id]
+                assert [await gone(run) for run in missed] == [True, True, False]
+                first = missed[-1]
+                assert not await executor._skip_if_busy(client, first)  # nothing under way: claimed as usual
                 for state in (Pending(), Running()):
                     assert (await client.set_flow_run_state(first.id, state)).status.value == "ACCEPT"
+                second = await client.create_flow_run_from_deployment(deployment_id)
                 assert await executor._skip_if_busy(client, second)
-                with pytest.raises(ObjectNotFound):
-                    await client.read_flow_run(second.id)
+                assert await gone(second)
                 # `third` as listed is Scheduled, but it was claimed since: it is left to its claimant
+                third = await client.create_flow_run_from_deployment(deployment_id)
                 await client.set_flow_run_state(third.id, Pending(), force=True)
                 assert not await executor._skip_if_busy(client, third)
                 assert (await client.read_flow_run(third.id)).state.is_pending()
                 await client.set_flow_run_state(first.id, Completed())
                 runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
                     id=DeploymentFilterId(any_=[deployment_id])), sort=FlowRunSort.ID_DESC, limit=10)
-                assert executor.counts["skipped"] == 1
+                assert executor.counts["skipped"] == 3
                 return sorted(run.state.type.value for run in runs)
     assert asyncio.run(go()) == ["COMPLETED", "PENDING"]  # nothing cancelled
