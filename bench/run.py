@@ -428,8 +428,8 @@ class Bench:
         self.figures.append(Figure("flow executions per lifecycle (Running states, the deadline watch's too)",
                                    executions, "runs"))
         watch = {state: rows1[f"watch_{state}"] - rows0[f"watch_{state}"] for state in ("completed", "cancelled")}
-        self.figures.append(Figure("deadline-watch rounds while the lifecycles ran: cancelled by the server (a round "
-                                   "that found the last still running; Prefect's cleanup re-reads each for a day)",
+        self.figures.append(Figure("deadline-watch rounds while the lifecycles ran: left cancelled (a round that "
+                                   "found the last still running; Prefect's cleanup re-reads each for a day)",
                                    watch["cancelled"], "runs", note=f"({watch['completed']} completed)"))
         for name in PREFECT_TABLES:  # the deadline watch's own runs in the meantime are counted too
             per = (rows1[name] - rows0[name]) / a.lifecycles if a.lifecycles else None

@@ -4,8 +4,9 @@ Deadlines are not suspend timeouts (a suspend timeout fails the run); instead th
 writes a "deadline lapsed" signal for each lapsed order or follow-up window, and resumes those cases; summoned
 units that missed their whistle report are escalated; reminders go out at the policy's fractions. It also
 wakes any case whose signal could not wake it, starts runs for cases recorded while Prefect was unreachable,
-and retries webhook deliveries that are due. For deliberations (大家商量着办) it signals those whose item cases are
-all closed, wakes those with pending signals and starts the runs of those recorded while Prefect was unreachable.
+retries webhook deliveries that are due, and deletes its own rounds that Prefect cancelled because the previous
+one still ran. For deliberations (大家商量着办) it signals those whose item cases are all closed, wakes those with
+pending signals and starts the runs of those recorded while Prefect was unreachable.
 """
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ import asyncio
 from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectNotFound
 
 from flows import NO_RESULTS
 from flows.control import start_cases, start_deliberation_flow, unstarted_cases, wake
@@ -99,6 +108,37 @@ async def retry_deliveries() -> dict[str, int]:
     return await deliver_due()
 
 
+# Prefect 3.8's message on a run its deployment's CANCEL_NEW limit cancelled (at a claim, or when it went late)
+LIMIT_CANCELLED = "Deployment concurrency limit reached."
+
+
+async def forget_skipped_rounds() -> int:
+    """Delete the rounds of this deployment that Prefect cancelled because the previous one still ran (one round
+    at a time, `CANCEL_NEW`; the server cancels a due round as soon as it is late while another runs, whoever
+    executes them). They never started and hold nothing, and Prefect's cancellation cleanup re-reads every run
+    cancelled in the last day every 20 s: on a saturated machine two rounds in three were such runs, and that
+    cleanup grew to a seventh of Prefect's services' CPU (docs/performance.md). A round an operator cancelled is
+    kept."""
+    context = FlowRunContext.get()
+    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    if deployment_id is None:
+        return 0
+    async with get_client() as client:
+        cancelled = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.CANCELLED]))),
+            sort=FlowRunSort.ID_DESC, limit=200)
+        skipped = [run for run in cancelled  # never ran (Prefect gives a cancelled run a start time all the same)
+                   if not run.total_run_time and run.state and run.state.message == LIMIT_CANCELLED]
+        for run in skipped:
+            try:
+                await client.delete_flow_run(run.id)
+            except ObjectNotFound:
+                pass  # the next round, which started meanwhile, was first
+    return len(skipped)
+
+
 @flow(name="deadline-watch", **NO_RESULTS, description="Escalates lapsed deadlines and keeps every case moving.")
 async def deadline_watch() -> dict:
     started = now()
@@ -108,6 +148,7 @@ async def deadline_watch() -> dict:
         "started": await start_unstarted(),
         "deliberations": await move_deliberations(started),
         "deliveries": await retry_deliveries(),
+        "skipped_rounds_forgotten": await forget_skipped_rounds(),
     }
     get_run_logger().info("deadline watch: %s", summary)
     return summary

@@ -509,6 +509,9 @@ def _without_flow_run_heartbeats():
 
 async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Importing Prefect has configured logging already (its root logger at WARNING), so basicConfig did nothing and
+    # the executor's own INFO lines (what it serves, skipped rounds, its counts at a stop) would be lost
+    logging.getLogger("hotline").setLevel(logging.INFO)
     settings = get_settings()
     executor = Executor(limit=settings.executor_limit, heartbeat_seconds=settings.executor_heartbeat_seconds,
                         dead_after_seconds=settings.executor_dead_after_seconds, deploy=deploy,

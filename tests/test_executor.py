@@ -144,6 +144,8 @@ def test_a_case_runs_to_its_end_in_the_executor(inproc: Env):
     assert r.status_code == 200, r.text
     names = {e["event"] for e in r.json()["events"]}
     assert "prefect.flow-run.Running" in names and "prefect.flow-run.heartbeat" not in names, names
+    log = (inproc.stack.home / "logs" / f"{inproc.stack.runner}.log").read_text(encoding="utf-8", errors="replace")
+    assert " serves case, deadline-watch" in log  # its own INFO lines are kept (Prefect's root logger is WARNING)
 
 
 def test_two_executors_run_each_run_once(inproc: Env):
