@@ -255,7 +255,8 @@ class Executor:
     # cancel them, and a cancelled run is not free. Prefect's cancellation cleanup lists every run cancelled in the
     # last day every 20 s and queues a job for each (in a long bench, two watch runs in three were cancelled and
     # that cleanup grew to a seventh of the services' CPU, docs/performance.md). So the executor deletes a skipped
-    # round instead: it never started and holds nothing, and the schedule has the next one in one interval.
+    # round instead: it never started and holds nothing, and the schedule has the next one in one interval. (The
+    # server still cancels a round that goes late meanwhile; the watch deletes those, `forget_skipped_rounds`.)
 
     async def _without_superseded(self, client: PrefectClient, due: list[FlowRun]) -> list[FlowRun]:
         """Of such a deployment's due runs only the newest (as many as its limit) are rounds to run; the older ones
