@@ -163,8 +163,10 @@ def test_co_handling_units_get_masked_orders(env: Env):
     assert lead_hook.data["citizen"]["phone"] == "13912345678"
     assert env.act(co["work_order_id"], "haidian_st", type="accept").status_code == 200
     assert env.act(co["work_order_id"], "haidian_st", type="progress", note="已到现场协调施工方").status_code == 200
+    # each report is its own delivery: wait for the progress report, not only the first (the accept)
     reports = eventually(lambda: env.receiver.of(unit="chengguan", type="work_order.co_report", case_number=number),
-                         "co-unit reports reach the lead unit")
+                         "co-unit reports reach the lead unit",
+                         until=lambda rs: ("haidian_st", "progress") in {(r.data["co_unit"], r.data["type"]) for r in rs})
     assert {(r.data["co_unit"], r.data["type"]) for r in reports} >= {("haidian_st", "progress")}
     env.resolve(lead["work_order_id"], "chengguan")
     env.wait(created["case_id"], lambda d: d["status"] == "awaiting_follow_up", "follow-up")
