@@ -14,12 +14,13 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from sqlalchemy import func
+from sqlalchemy import func, not_, or_
 from sqlmodel import col, select
 
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
-from models import Case, Deliberation
+from hotline.settings import get_settings
+from models import Case, Deliberation, ExecutorBeat
 from models.states import CaseStatus
 from services.run_view import RunView, run_tags
 
@@ -41,17 +42,32 @@ async def start_deliberation_flow(deliberation: Deliberation, tags: list[str]) -
                             deliberation.number, tags)
 
 
-def unstarted_cases(*, limit: int, older_than_seconds: float = 0, shard: tuple[int, int] = (0, 1)) -> list[Case]:
+def unstarted_cases(*, limit: int, older_than_seconds: float = 0, shard: tuple[int, int] = (0, 1),
+                    except_shards: list[tuple[int, int]] = ()) -> list[Case]:
     """Open cases recorded without a flow run yet, oldest first (the partial index ix_case_unstarted holds only
-    these). `shard` (i, n): only those whose id % n == i, so that several starters never start the same case."""
+    these). `shard` (i, n): only those whose id % n == i, so that several starters never start the same case;
+    `except_shards`: none of those shares."""
     index, count = shard
     query = select(Case).where(col(Case.flow_run_id).is_(None), Case.status != CaseStatus.closed)
     if older_than_seconds:
         query = query.where(Case.created_at <= now() - timedelta(seconds=older_than_seconds))
     if count > 1:
         query = query.where(col(Case.id) % count == index)
+    if except_shards:
+        query = query.where(not_(or_(*(col(Case.id) % n == i for i, n in except_shards))))
     with read_scope() as session:
         return list(session.exec(query.order_by(col(Case.id)).limit(limit)).all())
+
+
+def live_starter_shards() -> list[tuple[int, int]]:
+    """The shares of recorded cases that live executors start (HOTLINE_RUN_STARTER=executor), from their
+    heartbeats: an executor silent past the dead bound, or stopped, starts nothing."""
+    alive_since = now() - timedelta(seconds=get_settings().executor_dead_after_seconds)
+    with read_scope() as session:
+        shards = session.exec(select(ExecutorBeat.starter_shard).where(
+            col(ExecutorBeat.starter_shard).is_not(None), ExecutorBeat.seen_at >= alive_since,
+            col(ExecutorBeat.reaped_by).is_(None))).all()
+    return sorted({(int(i), int(n)) for i, n in (shard.split("/") for shard in shards)})
 
 
 def newest_case_id() -> int:

@@ -24,7 +24,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 
 from flows import NO_RESULTS
-from flows.control import start_cases, start_deliberation_flow, unstarted_cases, wake
+from flows.control import live_starter_shards, start_cases, start_deliberation_flow, unstarted_cases, wake
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
 from notifications.webhooks import deliver_due
@@ -77,9 +77,12 @@ async def wake_cases(round_started: datetime) -> int:
 
 
 async def start_unstarted() -> int:
-    """Cases recorded while Prefect was unreachable (or whose starter stopped): past the grace that intake and
-    the executors' starters have to start them themselves."""
-    recorded = await asyncio.to_thread(unstarted_cases, limit=200, older_than_seconds=WRITER_GRACE_SECONDS)
+    """Cases recorded while Prefect was unreachable, or whose starter stopped: past the grace that intake and the
+    executors' starters have to start them themselves. The shares that live executors start are left to them: their
+    cases wait in our DB on purpose while Prefect has runs enough to take (the starters' pacing)."""
+    starting = await asyncio.to_thread(live_starter_shards)
+    recorded = await asyncio.to_thread(unstarted_cases, limit=200, older_than_seconds=WRITER_GRACE_SECONDS,
+                                       except_shards=starting)
     return await start_cases(recorded)
 
 

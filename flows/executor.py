@@ -22,8 +22,8 @@ The executor keeps Prefect's guarantees by going through the server's orchestrat
   executor starts the runs of recorded cases in its share (ids with id % n == i)
   while Prefect's queue of due runs is short, so a burst waits in our DB and Prefect is fed as fast as runs are
   taken; while intake takes a burst (`HOTLINE_STARTER_HOLD_RATE` cases/s), it starts none for up to
-  `HOTLINE_STARTER_MAX_HOLD_SECONDS`, so callers are answered first. A case whose executor is gone is started by
-  the deadline watch after its grace.
+  `HOTLINE_STARTER_MAX_HOLD_SECONDS`, so callers are answered first. Its heartbeat names its share; the cases of
+  a share no live executor starts are started by the deadline watch after their grace.
 - **Stopping**: on SIGTERM/SIGINT it stops claiming, lets running runs finish for a grace period, and
   reschedules whatever is still running, so nothing waits for the crash bound. Prefect's per-run SIGTERM bridge
   is turned off for its runs (it would end the whole executor at once), and a stop that hangs ends the process
@@ -360,6 +360,7 @@ class Executor:
             if beat is None:
                 beat = ExecutorBeat(id=self.id, host=socket.gethostname(), pid=os.getpid())
             beat.seen_at = now()
+            beat.starter_shard = "{}/{}".format(*self.shard) if self.starts_recorded else None
             session.add(beat)
 
     def _retire(self) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -51,10 +51,29 @@ def init_db() -> None:
         settings.home.mkdir(parents=True, exist_ok=True)
     engine = get_engine()
     SQLModel.metadata.create_all(engine)
-    # create_all skips a table that exists, indexes and all: an index a release adds is created here
+    # create_all skips a table that exists, columns and indexes and all: what a release adds is added here
+    _add_missing_columns(engine)
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             index.create(engine, checkfirst=True)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the columns a release adds to an existing table. Only a nullable column can be added so (existing rows
+    get NULL); any other change needs a migration by hand, and the start stops here saying which."""
+    inspector = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"table {table.name} lacks column {column.name}, which is NOT NULL: "
+                                   "migrate the database by hand")
+            preparer = engine.dialect.identifier_preparer
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN "
+                                     f"{preparer.format_column(column)} {column.type.compile(engine.dialect)}")
 
 
 @contextmanager

@@ -10,7 +10,9 @@ from hotline.clock import now
 
 class ExecutorBeat(SQLModel, table=True):
     """One row per executor process; `seen_at` moves on every heartbeat. An executor whose heartbeat is older than
-    the policy's bound is dead: the first live executor to claim the row (`reaped_by`) reschedules its runs."""
+    the policy's bound is dead: the first live executor to claim the row (`reaped_by`) reschedules its runs. An
+    executor that starts the runs of recorded cases (HOTLINE_RUN_STARTER=executor) names its share of them
+    (`starter_shard`), so the deadline watch starts only the cases of shares no live executor starts."""
 
     id: str = Field(primary_key=True, max_length=64)  # also written as the flow runs' infrastructure_pid
     host: str = Field(max_length=120)
@@ -18,3 +20,4 @@ class ExecutorBeat(SQLModel, table=True):
     started_at: datetime = Field(default_factory=now)
     seen_at: datetime = Field(default_factory=now, index=True)
     reaped_by: str | None = Field(default=None, max_length=64)
+    starter_shard: str | None = Field(default=None, max_length=24)  # "i/n": it starts the recorded cases id % n == i

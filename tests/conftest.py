@@ -307,3 +307,21 @@ def db(tmp_path, monkeypatch) -> Iterator[Path]:
     finally:
         get_engine().dispose()
         clear_caches()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request, tmp_path, monkeypatch) -> Iterator:
+    """Our DB, empty, on SQLite and on Postgres (a fresh schema): the engine the services use."""
+    url, cleanup = ((f"sqlite:///{tmp_path / 'hotline.db'}", lambda: None) if request.param == "sqlite"
+                    else _postgres_schema())
+    monkeypatch.setenv("HOTLINE_DATABASE_URL", url)
+    monkeypatch.setenv("HOTLINE_HOME", str(tmp_path / "home"))
+    clear_caches()
+    from hotline.db import get_engine, init_db
+    init_db()
+    try:
+        yield get_engine()
+    finally:
+        get_engine().dispose()
+        clear_caches()
+        cleanup()

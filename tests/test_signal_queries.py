@@ -3,7 +3,6 @@ that each reads only the signals not applied yet, through the partial index, how
 — on SQLite and on Postgres."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -13,26 +12,8 @@ from sqlmodel import Session
 from hotline.clock import now
 from models import Case, CaseSignal, Deliberation, DeliberationSignal
 from services import cases, deliberations
-from tests.conftest import _postgres_schema, clear_caches
 
 APPLIED = 20_000  # applied signals beside a few pending ones: enough that reading them all is never the cheap plan
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path, monkeypatch) -> Iterator:
-    url, cleanup = ((f"sqlite:///{tmp_path / 'hotline.db'}", lambda: None) if request.param == "sqlite"
-                    else _postgres_schema())
-    monkeypatch.setenv("HOTLINE_DATABASE_URL", url)
-    monkeypatch.setenv("HOTLINE_HOME", str(tmp_path / "home"))
-    clear_caches()
-    from hotline.db import get_engine, init_db
-    init_db()
-    try:
-        yield get_engine()
-    finally:
-        get_engine().dispose()
-        clear_caches()
-        cleanup()
 
 
 def _case(session: Session, n: int) -> Case:
@@ -151,15 +132,3 @@ def _reads_whole_signal_table(line: str) -> bool:
     line = line.strip().lstrip("->").strip()
     return any(line.startswith(f"Seq Scan on {table}") or (line.startswith(f"SCAN {table}") and "INDEX" not in line)
                for table in ("casesignal", "deliberationsignal"))
-
-
-def test_an_index_added_by_a_release_is_created_on_an_existing_database(engine):
-    """`create_all` leaves a table that exists as it is; `init_db` creates the indexes it lacks."""
-    from sqlalchemy import inspect
-
-    from hotline.db import init_db
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_case_signal_unapplied")
-    assert "ix_case_signal_unapplied" not in {i["name"] for i in inspect(engine).get_indexes("casesignal")}
-    init_db()
-    assert "ix_case_signal_unapplied" in {i["name"] for i in inspect(engine).get_indexes("casesignal")}

@@ -141,3 +141,35 @@ def test_the_starter_starts_the_burst_once_it_is_over(db, started):
     record(50)  # 50 cases in half a second
     assert asyncio.run(executor.start_recorded()) == 0 and started == []
     assert asyncio.run(executor.start_recorded()) == START_BATCH  # 4.5 s later: the burst is over
+
+
+def test_the_watch_starts_only_the_shares_no_live_executor_starts(db, started, monkeypatch):
+    """The executors' starters keep a burst's cases in our DB on purpose (their pacing); the watch starts only the
+    cases of a share whose starter is dead or stopped, as their heartbeats say, and every case where no executor
+    starts them (intake does)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from flows import deadline_watch
+    from hotline.clock import now
+    from hotline.db import session_scope
+    from models import ExecutorBeat
+    monkeypatch.setattr(deadline_watch, "WRITER_GRACE_SECONDS", 0)
+    ids = record(6)
+    even, odd = (Executor(deploy=[], shard=(i, 2), starts_recorded=True) for i in (0, 1))
+    claims_only = Executor(deploy=[], shard=(1, 2))  # runs claimed, cases not started: covers no share
+    for executor in (even, odd, claims_only):
+        executor._beat()
+    with session_scope() as session:  # the odd share's starter fell silent a minute ago
+        session.execute(update(ExecutorBeat).where(ExecutorBeat.id == odd.id)
+                        .values(seen_at=now() - timedelta(seconds=60)))
+    assert control.live_starter_shards() == [(0, 2)]
+    assert asyncio.run(deadline_watch.start_unstarted()) == 3
+    assert started == [i for i in ids if i % 2 == 1]
+    assert asyncio.run(deadline_watch.start_unstarted()) == 0  # the even share waits for its starter
+
+    even._retire()  # a clean stop
+    assert control.live_starter_shards() == []
+    assert asyncio.run(deadline_watch.start_unstarted()) == 3
+    assert sorted(started) == ids
