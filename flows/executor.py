@@ -6,8 +6,6 @@ The executor keeps Prefect's guarantees by going through the server's orchestrat
 
 - **One executor per run**: a scheduled run is claimed by proposing `Pending`; the server accepts that once, so
   two executors never run the same run (and deployment concurrency limits, e.g. the deadline watch's, hold).
-  A due run of a deployment that cancels a new run while its limit is taken (the deadline watch: one round at a
-  time, `CANCEL_NEW`) is skipped, not claimed, while a run of it is under way or a later one is due.
   The run then goes through Prefect's own engine (`run_flow_async`): states, task runs, logs, pauses, as in a
   subprocess.
 - **Cancellation**: a run an operator cancels (state `Cancelling`) is stopped and marked `Cancelled`.
@@ -52,10 +50,10 @@ from prefect.client.schemas.filters import (
     DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import ConcurrencyLimitStrategy, FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import Abort, ObjectNotFound, Pause
+from prefect.exceptions import Abort, Pause
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -108,11 +106,9 @@ class Executor:
         self.holding_since: float | None = None
         self.hold_ended_at: float | None = None
         self.flows: dict[UUID, Flow] = {}        # deployment id -> flow
-        self.cancel_new: dict[UUID, int] = {}    # deployment id -> its limit, for those that cancel a new run
         self.running: dict[UUID, asyncio.Task] = {}
         self.stopping = asyncio.Event()
-        self.counts = {"claimed": 0, "finished": 0, "paused": 0, "failed": 0, "cancelled": 0, "rescheduled": 0,
-                       "skipped": 0}
+        self.counts = {"claimed": 0, "finished": 0, "paused": 0, "failed": 0, "cancelled": 0, "rescheduled": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,11 +117,7 @@ class Executor:
         schema; until it has, the heartbeat fails and is tried again on the next beat."""
         for flow, options in self.deploy:
             deployment = await flow.ato_deployment(**options)
-            deployment_id = await deployment.aapply()
-            self.flows[deployment_id] = flow
-            strategy = deployment.concurrency_options and deployment.concurrency_options.collision_strategy
-            if deployment.concurrency_limit and strategy == ConcurrencyLimitStrategy.CANCEL_NEW:
-                self.cancel_new[deployment_id] = deployment.concurrency_limit
+            self.flows[await deployment.aapply()] = flow
         try:
             await asyncio.to_thread(self._beat)
         except Exception as exc:
@@ -177,11 +169,11 @@ class Executor:
         due = await client.get_scheduled_flow_runs_for_deployments(
             deployment_ids=list(self.flows), scheduled_before=now(), limit=free)
         self.due_waiting = len(due)
-        due = [run for run in await self._without_superseded(client, due) if self._claims_now(run)]
+        due = [run for run in due if self._claims_now(run)]
         due.sort(key=lambda r: (r.next_scheduled_start_time is None, r.next_scheduled_start_time))
         started = 0
         for listed in due:
-            if listed.id in self.running or await self._skip_if_busy(client, listed):
+            if listed.id in self.running:
                 continue
             if (flow_run := await self._claim(client, listed)) is None:
                 continue
@@ -248,55 +240,6 @@ class Executor:
         if at - self.holding_since > self.max_hold:
             self.holding_since, self.hold_ended_at = None, at
             return False
-        return True
-
-    # A deployment whose concurrency limit cancels a new run while the limit is taken (the deadline watch: one
-    # round at a time, `CANCEL_NEW`) has due runs that are rounds to skip: claiming them would only have the server
-    # cancel them, and a cancelled run is not free. Prefect's cancellation cleanup lists every run cancelled in the
-    # last day every 20 s and queues a job for each (in a long bench, two watch runs in three were cancelled and
-    # that cleanup grew to a seventh of the services' CPU, docs/performance.md). So the executor deletes a skipped
-    # round instead: it never started and holds nothing, and the schedule has the next one in one interval. (The
-    # server still cancels a round that goes late meanwhile; the watch deletes those, `forget_skipped_rounds`.)
-
-    async def _without_superseded(self, client: PrefectClient, due: list[FlowRun]) -> list[FlowRun]:
-        """Of such a deployment's due runs only the newest (as many as its limit) are rounds to run; the older ones
-        were missed while a round ran long or the executors were down. Every executor lists the same due runs and
-        keeps the same newest, so two executors claim the same round (one wins) rather than two rounds at once."""
-        kept: dict[UUID, list[FlowRun]] = {}
-        for flow_run in sorted(due, key=lambda r: _due_at(r) or now(), reverse=True):
-            if flow_run.deployment_id in self.cancel_new:
-                kept.setdefault(flow_run.deployment_id, []).append(flow_run)
-        superseded = {flow_run.id for deployment_id, runs in kept.items()
-                      for flow_run in runs[self.cancel_new[deployment_id]:]}
-        for flow_run in due:
-            if flow_run.id in superseded:
-                await self._skip(client, flow_run, "a later round is due")
-        return [flow_run for flow_run in due if flow_run.id not in superseded]
-
-    async def _skip_if_busy(self, client: PrefectClient, flow_run: FlowRun) -> bool:
-        """Skip such a deployment's due run while its limit is taken by runs under way. Two executors judging two
-        runs at once still meet the server's limit. Returns whether the run was skipped."""
-        limit = self.cancel_new.get(flow_run.deployment_id)
-        if limit is None:
-            return False
-        active = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[flow_run.deployment_id])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(not_any_=[flow_run.id]), state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))),
-            sort=FlowRunSort.ID_DESC, limit=limit)
-        return len(active) >= limit and await self._skip(client, flow_run, f"{len(active)} still under way")
-
-    async def _skip(self, client: PrefectClient, flow_run: FlowRun, why: str) -> bool:
-        """Delete a due run that is a round to skip. The listing may be stale: only a run still scheduled is
-        deleted, never one another executor claimed since. Returns whether it was skipped."""
-        try:
-            if not (await client.read_flow_run(flow_run.id)).state.is_scheduled():
-                return False
-            await client.delete_flow_run(flow_run.id)
-        except ObjectNotFound:
-            pass  # another executor skipped it first
-        self.counts["skipped"] += 1
-        log.info("skipped flow run %s (%s): %s", flow_run.name, flow_run.id, why)
         return True
 
     async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> FlowRun | None:
@@ -512,7 +455,7 @@ def _without_flow_run_heartbeats():
 async def main(deploy: list[tuple[Flow, dict]] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Importing Prefect has configured logging already (its root logger at WARNING), so basicConfig did nothing and
-    # the executor's own INFO lines (what it serves, skipped rounds, its counts at a stop) would be lost
+    # the executor's own INFO lines (what it serves, its counts at a stop) would be lost
     logging.getLogger("hotline").setLevel(logging.INFO)
     settings = get_settings()
     executor = Executor(limit=settings.executor_limit, heartbeat_seconds=settings.executor_heartbeat_seconds,

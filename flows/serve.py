@@ -32,8 +32,8 @@ def deployment_options() -> list[tuple[Flow, dict[str, Any]]]:
         )),
         (deadline_watch, dict(
             name="hotline", tags=["hotline", "watch"], interval=settings.watch_interval_seconds,
-            # one watch at a time: a run that finds one still busy is cancelled (the in-process executor skips it
-            # instead, flows/executor.py), so a slow round never piles up
+            # one watch at a time: a run that finds one still busy is cancelled (and deleted by the next round,
+            # flows/deadline_watch.py), so a slow round never piles up
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             description="Finds lapsed deadlines and follow-up windows, escalates, retries deliveries.",
         )),

@@ -96,7 +96,7 @@ def run_scaled(home: Path = typer.Option(None, help="data folder for logs (defau
     try:
         stack.start()
         typer.echo(f"API:        {stack.api_url}")
-        typer.echo(f"Prefect:    " + ", ".join(f"http://127.0.0.1:{p}" for p in stack.prefect_ports))
+        typer.echo("Prefect:    " + ", ".join(f"http://127.0.0.1:{p}" for p in stack.prefect_ports))
         typer.echo(f"admin token: {admin_token(home)}")
         _hold(stack)
     finally:

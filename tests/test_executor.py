@@ -15,7 +15,6 @@ from datetime import timedelta
 from uuid import UUID
 
 import pytest
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from sqlmodel import Session, create_engine
 
 from hotline.clock import now
@@ -335,19 +334,17 @@ def test_a_claimed_run_is_read_again_before_it_runs(inproc: Env):
     assert "case-x-wait-0" in claimed.empirical_policy.pause_keys
 
 
-def test_a_round_that_finds_the_last_one_running_is_skipped_not_cancelled(inproc: Env, monkeypatch):
-    """The deadline watch runs one round at a time and the server cancels a new run that finds one under way
-    (CANCEL_NEW). The executor skips such rounds instead (a cancelled run costs Prefect's cleanup for a day): of
-    several due runs only the newest is kept, and a due run that finds one under way is deleted, unless it was
-    claimed since it was listed."""
+def test_a_round_claimed_while_one_is_under_way_is_cancelled_as_the_watch_expects(inproc: Env, monkeypatch):
+    """The deadline watch runs one round at a time (`CANCEL_NEW`): the server refuses the claim of a round that finds
+    one under way and cancels it, with the message by which the watch's next round deletes it
+    (flows/deadline_watch.py, `forget_skipped_rounds`; its deletion is tested in tests/test_deadline_watch.py)."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Completed, Pending, Running
+    from prefect.states import Completed, Running
 
+    from flows.deadline_watch import LIMIT_CANCELLED
     from flows.executor import Executor
 
     @flow(name="test-one-at-a-time")
@@ -358,39 +355,20 @@ def test_a_round_that_finds_the_last_one_running_is_skipped_not_cancelled(inproc
         limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW))
     monkeypatch.setattr(Executor, "_beat", lambda self: None)  # this test process has no executor of its own
 
-    async def go() -> list[str]:
+    async def go():
         with temporary_settings({PREFECT_API_URL: f"{inproc.stack.prefect_url}/api"}):
             executor = Executor(deploy=[(one_at_a_time, options)])
             await executor.start()
             (deployment_id,) = executor.flows
-            assert executor.cancel_new == {deployment_id: 1}
             async with get_client() as client:
-                async def gone(flow_run) -> bool:
-                    try:
-                        await client.read_flow_run(flow_run.id)
-                        return False
-                    except ObjectNotFound:
-                        return True
-
-                missed = [await client.create_flow_run_from_deployment(deployment_id) for _ in range(3)]
-                kept = await executor._without_superseded(client, missed)  # three rounds due: the newest runs
-                assert [run.id for run in kept] == [missed[-1].id]
-                assert [await gone(run) for run in missed] == [True, True, False]
-                first = missed[-1]
-                assert not await executor._skip_if_busy(client, first)  # nothing under way: claimed as usual
-                for state in (Pending(), Running()):
-                    assert (await client.set_flow_run_state(first.id, state)).status.value == "ACCEPT"
+                first = await client.create_flow_run_from_deployment(deployment_id)
+                assert await executor._claim(client, first) is not None
+                assert (await client.set_flow_run_state(first.id, Running())).status.value == "ACCEPT"
                 second = await client.create_flow_run_from_deployment(deployment_id)
-                assert await executor._skip_if_busy(client, second)
-                assert await gone(second)
-                # `third` as listed is Scheduled, but it was claimed since: it is left to its claimant
-                third = await client.create_flow_run_from_deployment(deployment_id)
-                await client.set_flow_run_state(third.id, Pending(), force=True)
-                assert not await executor._skip_if_busy(client, third)
-                assert (await client.read_flow_run(third.id)).state.is_pending()
+                refused = await executor._claim(client, second)
+                state = (await client.read_flow_run(second.id)).state
                 await client.set_flow_run_state(first.id, Completed())
-                runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
-                    id=DeploymentFilterId(any_=[deployment_id])), sort=FlowRunSort.ID_DESC, limit=10)
-                assert executor.counts["skipped"] == 3
-                return sorted(run.state.type.value for run in runs)
-    assert asyncio.run(go()) == ["COMPLETED", "PENDING"]  # nothing cancelled
+                return refused, state
+    refused, state = asyncio.run(go())
+    assert refused is None
+    assert state.is_cancelled() and state.message == LIMIT_CANCELLED
