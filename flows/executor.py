@@ -367,11 +367,15 @@ class Executor:
         for flow_run in active:
             if flow_run.id in self.running:
                 continue
-            orphaned = (flow_run.state.is_running() and flow_run.infrastructure_pid in dead) or (
-                flow_run.state.is_pending() and flow_run.state.timestamp < stuck_before)
-            if orphaned:
-                await self._hand_back(client, flow_run, f"its executor {flow_run.infrastructure_pid} stopped")
-                reaped += 1
+            if flow_run.state.is_running() and flow_run.infrastructure_pid in dead:
+                why = f"its executor {flow_run.infrastructure_pid} stopped"
+            elif flow_run.state.is_pending() and flow_run.state.timestamp < stuck_before:
+                why = f"claimed by {flow_run.infrastructure_pid or 'an executor'} and not started within " \
+                      f"{self.dead_after.total_seconds():.0f} s"
+            else:
+                continue
+            await self._hand_back(client, flow_run, why)
+            reaped += 1
         if dead or reaped:
             log.warning("executor %s took over %s; rescheduled %d run(s)", self.id, sorted(dead) or "-", reaped)
         return reaped

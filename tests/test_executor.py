@@ -372,3 +372,39 @@ def test_a_round_claimed_while_one_is_under_way_is_cancelled_as_the_watch_expect
     refused, state = asyncio.run(go())
     assert refused is None
     assert state.is_cancelled() and state.message == LIMIT_CANCELLED
+
+
+def test_a_run_claimed_and_never_started_is_handed_back_saying_so(inproc: Env, monkeypatch):
+    """A run left Pending past the dead bound (its claimant died between the claim and the start, or never got to
+    it) is handed back by the reaper, with a message that says what happened rather than that an executor
+    stopped."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.executor import Executor
+
+    @flow(name="test-claimed-only")
+    async def claimed_only() -> None:
+        pass
+
+    monkeypatch.setattr(Executor, "_beat", lambda self: None)  # this test process has no executor of its own
+    monkeypatch.setattr(Executor, "_is_reaper", lambda self: True)
+    monkeypatch.setattr(Executor, "_claim_dead", lambda self: [])
+
+    async def go():
+        with temporary_settings({PREFECT_API_URL: f"{inproc.stack.prefect_url}/api"}):
+            reaper = Executor(deploy=[(claimed_only, dict(name="claimed-only"))], dead_after_seconds=1)
+            await reaper.start()
+            (deployment_id,) = reaper.flows
+            async with get_client() as client:
+                fresh = await client.create_flow_run_from_deployment(deployment_id)
+                left = await client.create_flow_run_from_deployment(deployment_id)
+                assert await Executor(deploy=[], executor_id="executor:claimant")._claim(client, left) is not None
+                assert await reaper.reap(client) == 0  # claimed a moment ago: its claimant may still start it
+                await asyncio.sleep(1.5)
+                assert await reaper.reap(client) == 1
+                return (await client.read_flow_run(left.id)).state, (await client.read_flow_run(fresh.id)).state
+    left, fresh = asyncio.run(go())
+    assert left.is_crashed() and "claimed by executor:claimant and not started within 1 s" in left.message
+    assert fresh.is_scheduled()  # never claimed: nothing to hand back
