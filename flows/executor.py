@@ -53,7 +53,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import Abort, Pause
+from prefect.exceptions import Abort, ObjectNotFound, Pause
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -253,8 +253,10 @@ class Executor:
         try:  # one proposal, never a wait: a run the server asks us to wait for is left for a later poll
             async with asyncio.timeout(CLAIM_TIMEOUT):
                 response = await client.set_flow_run_state(flow_run.id, Pending())
+        except ObjectNotFound:  # deleted since it was listed: a watch round the watch deleted as skipped
+            return None
         except Exception as exc:
-            log.warning("could not claim flow run %s: %s", flow_run.id, exc or "timed out")
+            log.warning("could not claim flow run %s: %s %s", flow_run.id, type(exc).__name__, exc)
             return None
         if response.status != SetStateStatus.ACCEPT or not response.state or not response.state.is_pending():
             return None  # another executor claimed it, a concurrency limit refused it, or not yet (WAIT)

@@ -4,6 +4,7 @@ duplicating a case."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -334,10 +335,11 @@ def test_a_claimed_run_is_read_again_before_it_runs(inproc: Env):
     assert "case-x-wait-0" in claimed.empirical_policy.pause_keys
 
 
-def test_a_round_claimed_while_one_is_under_way_is_cancelled_as_the_watch_expects(inproc: Env, monkeypatch):
+def test_a_round_claimed_while_one_is_under_way_is_cancelled_as_the_watch_expects(inproc: Env, monkeypatch, caplog):
     """The deadline watch runs one round at a time (`CANCEL_NEW`): the server refuses the claim of a round that finds
     one under way and cancels it, with the message by which the watch's next round deletes it
-    (flows/deadline_watch.py, `forget_skipped_rounds`; its deletion is tested in tests/test_deadline_watch.py)."""
+    (flows/deadline_watch.py, `forget_skipped_rounds`; its deletion is tested in tests/test_deadline_watch.py).
+    A round deleted so after an executor listed it is passed over without a warning."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -367,11 +369,16 @@ def test_a_round_claimed_while_one_is_under_way_is_cancelled_as_the_watch_expect
                 second = await client.create_flow_run_from_deployment(deployment_id)
                 refused = await executor._claim(client, second)
                 state = (await client.read_flow_run(second.id)).state
+                third = await client.create_flow_run_from_deployment(deployment_id)
+                await client.delete_flow_run(third.id)  # as the watch deletes a skipped round after it was listed
+                gone = await executor._claim(client, third)
                 await client.set_flow_run_state(first.id, Completed())
-                return refused, state
-    refused, state = asyncio.run(go())
+                return refused, state, gone
+    with caplog.at_level(logging.WARNING, logger="hotline.executor"):
+        refused, state, gone = asyncio.run(go())
     assert refused is None
     assert state.is_cancelled() and state.message == LIMIT_CANCELLED
+    assert gone is None and not caplog.records  # nothing to warn about: neither is a failed claim
 
 
 def test_a_run_claimed_and_never_started_is_handed_back_saying_so(inproc: Env, monkeypatch):
