@@ -19,7 +19,7 @@ from sqlmodel import col, select
 
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
-from hotline.settings import get_settings
+from hotline.settings import get_settings, parse_shard
 from models import Case, Deliberation, ExecutorBeat
 from models.states import CaseStatus
 from services.run_view import RunView, run_tags
@@ -62,12 +62,11 @@ def unstarted_cases(*, limit: int, older_than_seconds: float = 0, shard: tuple[i
 def live_starter_shards() -> list[tuple[int, int]]:
     """The shares of recorded cases that live executors start (HOTLINE_RUN_STARTER=executor), from their
     heartbeats: an executor silent past the dead bound, or stopped, starts nothing."""
-    alive_since = now() - timedelta(seconds=get_settings().executor_dead_after_seconds)
+    dead_after = timedelta(seconds=get_settings().executor_dead_after_seconds)
     with read_scope() as session:
         shards = session.exec(select(ExecutorBeat.starter_shard).where(
-            col(ExecutorBeat.starter_shard).is_not(None), ExecutorBeat.seen_at >= alive_since,
-            col(ExecutorBeat.reaped_by).is_(None))).all()
-    return sorted({(int(i), int(n)) for i, n in (shard.split("/") for shard in shards)})
+            col(ExecutorBeat.starter_shard).is_not(None), ExecutorBeat.live(dead_after))).all()
+    return sorted({parse_shard(shard, "executor_beat.starter_shard") for shard in shards})
 
 
 def newest_case_id() -> int:

@@ -67,7 +67,7 @@ from flows.deliberation_flow import deliberation_process
 from flows.serve import deployment_options
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
-from hotline.settings import get_settings
+from hotline.settings import format_shard, get_settings
 from models import ExecutorBeat
 
 log = logging.getLogger("hotline.executor")
@@ -305,7 +305,7 @@ class Executor:
             if beat is None:
                 beat = ExecutorBeat(id=self.id, host=socket.gethostname(), pid=os.getpid())
             beat.seen_at = now()
-            beat.starter_shard = "{}/{}".format(*self.shard) if self.starts_recorded else None
+            beat.starter_shard = format_shard(self.shard) if self.starts_recorded else None
             session.add(beat)
 
     def _retire(self) -> None:
@@ -334,9 +334,7 @@ class Executor:
     def _is_reaper(self) -> bool:
         """One reaper at a time: the longest-running live executor."""
         with read_scope() as session:
-            oldest = session.exec(select(ExecutorBeat.id)
-                                  .where(ExecutorBeat.seen_at >= now() - self.dead_after,
-                                         col(ExecutorBeat.reaped_by).is_(None))
+            oldest = session.exec(select(ExecutorBeat.id).where(ExecutorBeat.live(self.dead_after))
                                   .order_by(ExecutorBeat.started_at, ExecutorBeat.id).limit(1)).first()
         return oldest == self.id
 
@@ -344,8 +342,7 @@ class Executor:
         """Take over the executors that stopped beating; each is taken by one reaper only."""
         taken = []
         with session_scope() as session:
-            dead = session.exec(select(ExecutorBeat.id).where(
-                ExecutorBeat.seen_at < now() - self.dead_after, col(ExecutorBeat.reaped_by).is_(None))).all()
+            dead = session.exec(select(ExecutorBeat.id).where(ExecutorBeat.silent(self.dead_after))).all()
             for executor_id in dead:
                 result = session.execute(update(ExecutorBeat)
                                          .where(ExecutorBeat.id == executor_id, ExecutorBeat.reaped_by.is_(None))

@@ -50,10 +50,7 @@ class Settings(BaseSettings):
 
     @property
     def shard(self) -> tuple[int, int]:
-        index, count = (int(x) for x in self.executor_shard.split("/"))
-        if index >= count:
-            raise ValueError(f"HOTLINE_EXECUTOR_SHARD {self.executor_shard}: the index must be below the count")
-        return index, count
+        return parse_shard(self.executor_shard, "HOTLINE_EXECUTOR_SHARD")
 
     @property
     def db_url(self) -> str:
@@ -62,6 +59,18 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+
+def parse_shard(text: str, source: str = "shard") -> tuple[int, int]:
+    """"i/n" (the cases whose id % n == i) as (i, n); a share outside its count is an error naming `source`."""
+    index, count = (int(x) for x in text.split("/"))
+    if index >= count:
+        raise ValueError(f"{source} {text}: the index must be below the count")
+    return index, count
+
+
+def format_shard(shard: tuple[int, int]) -> str:
+    return "{}/{}".format(*shard)
 
 
 @lru_cache

@@ -1,9 +1,10 @@
 """In-process executors (flows/executor.py) and their heartbeats: how a dead executor's runs are found."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlmodel import Field, SQLModel
+from sqlalchemy import ColumnElement, and_
+from sqlmodel import Field, SQLModel, col
 
 from hotline.clock import now
 
@@ -21,3 +22,13 @@ class ExecutorBeat(SQLModel, table=True):
     seen_at: datetime = Field(default_factory=now, index=True)
     reaped_by: str | None = Field(default=None, max_length=64)
     starter_shard: str | None = Field(default=None, max_length=24)  # "i/n": it starts the recorded cases id % n == i
+
+    @classmethod
+    def live(cls, dead_after: timedelta) -> ColumnElement[bool]:
+        """Beating within `dead_after` and neither stopped nor reaped: the one rule of a live executor."""
+        return and_(cls.seen_at >= now() - dead_after, col(cls.reaped_by).is_(None))
+
+    @classmethod
+    def silent(cls, dead_after: timedelta) -> ColumnElement[bool]:
+        """Dead and not yet taken over: silent past `dead_after`, neither stopped cleanly nor reaped."""
+        return and_(cls.seen_at < now() - dead_after, col(cls.reaped_by).is_(None))
