@@ -59,7 +59,7 @@ from prefect.flows import Flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Cancelled, Crashed, Pending, Scheduled
 from sqlalchemy import update
-from sqlmodel import col, select
+from sqlmodel import select
 
 from flows.case_flow import case_lifecycle
 from flows.control import newest_case_id, share_tls_context, start_cases, unstarted_cases
