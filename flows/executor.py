@@ -13,7 +13,9 @@ The executor keeps Prefect's guarantees by going through the server's orchestrat
   the runs it claims with its id (the run's `infrastructure_pid`). When an executor stops beating, the oldest
   live executor (one reaper at a time) reschedules the dead one's running runs; they replay from the top, which
   the case flow makes safe (every step is idempotent against our DB). A run left `Pending` past the same bound
-  (its executor died between the claim and the start) is rescheduled too.
+  by an executor that stopped beating (it died between the claim and the start) is rescheduled too; a live
+  executor's claimed run only after ten times that bound (it is likely slow, not gone: rescheduling a run about to
+  start would run it twice).
 - **Shares** (`HOTLINE_EXECUTOR_SHARD` i/n): each executor claims first the due runs whose id % n == i, and the
   others' once they have waited a moment, so executors rarely race for the same run.
 - **Starting runs** (`HOTLINE_RUN_STARTER=executor`, the scaled shape): intake only records a case, and each
@@ -80,6 +82,7 @@ REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: wai
 OTHERS_AFTER = 2.0  # seconds a due run of another executor's share waits before this one claims it
 STOP_MARGIN_SECONDS = 25  # a stop ends the process this long after the grace for running runs
 START_BATCH = 16  # recorded cases one executor's starter starts per round, and the due runs it lets queue in Prefect
+LIVE_CLAIM_FACTOR = 10  # a live executor's claimed run is handed back after this many dead bounds in Pending
 HOLD_WINDOW = 2.0  # seconds over which intake's rate is judged (Executor.intake_busy)
 
 
@@ -331,12 +334,11 @@ class Executor:
                 await asyncio.gather(task, return_exceptions=True)
             await client.set_flow_run_state(flow_run.id, Cancelled(message=f"cancelled on {self.id}"), force=True)
 
-    def _is_reaper(self) -> bool:
-        """One reaper at a time: the longest-running live executor."""
+    def _live_executors(self) -> list[str]:
+        """The live executors, longest-running first: the first is the reaper (one at a time)."""
         with read_scope() as session:
-            oldest = session.exec(select(ExecutorBeat.id).where(ExecutorBeat.live(self.dead_after))
-                                  .order_by(ExecutorBeat.started_at, ExecutorBeat.id).limit(1)).first()
-        return oldest == self.id
+            return list(session.exec(select(ExecutorBeat.id).where(ExecutorBeat.live(self.dead_after))
+                                     .order_by(ExecutorBeat.started_at, ExecutorBeat.id)).all())
 
     def _claim_dead(self) -> list[str]:
         """Take over the executors that stopped beating; each is taken by one reaper only."""
@@ -353,10 +355,10 @@ class Executor:
 
     async def reap(self, client: PrefectClient) -> int:
         """Reschedule the runs of dead executors (and runs stuck in Pending). Returns how many."""
-        if not await asyncio.to_thread(self._is_reaper):
+        live = await asyncio.to_thread(self._live_executors)
+        if live[:1] != [self.id]:
             return 0
         dead = set(await asyncio.to_thread(self._claim_dead))
-        stuck_before = now() - self.dead_after
         active = await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows))),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
@@ -368,9 +370,9 @@ class Executor:
                 continue
             if flow_run.state.is_running() and flow_run.infrastructure_pid in dead:
                 why = f"its executor {flow_run.infrastructure_pid} stopped"
-            elif flow_run.state.is_pending() and flow_run.state.timestamp < stuck_before:
+            elif flow_run.state.is_pending() and (bound := self._pending_bound(flow_run, live)) is not None:
                 why = f"claimed by {flow_run.infrastructure_pid or 'an executor'} and not started within " \
-                      f"{self.dead_after.total_seconds():.0f} s"
+                      f"{bound.total_seconds():.0f} s"
             else:
                 continue
             await self._hand_back(client, flow_run, why)
@@ -378,6 +380,14 @@ class Executor:
         if dead or reaped:
             log.warning("executor %s took over %s; rescheduled %d run(s)", self.id, sorted(dead) or "-", reaped)
         return reaped
+
+    def _pending_bound(self, flow_run: FlowRun, live: list[str]) -> timedelta | None:
+        """The bound a claimed run has been left Pending past, or None while it is within it. A run whose
+        claimant no longer beats gets the dead bound (it died between the claim and the start). A live claimant
+        may just be slow to start it under load, and handing back a run about to start would run it twice, so its
+        claims get LIVE_CLAIM_FACTOR times the dead bound (it may have lost the run: an error before the start)."""
+        bound = self.dead_after * (LIVE_CLAIM_FACTOR if flow_run.infrastructure_pid in live else 1)
+        return bound if flow_run.state.timestamp < now() - bound else None
 
     async def _hand_back(self, client: PrefectClient, flow_run: FlowRun, why: str) -> None:
         """A run whose execution was lost: a case run replays from the top (idempotent); others crash, and their

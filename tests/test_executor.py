@@ -387,36 +387,48 @@ def test_a_round_claimed_while_one_is_under_way_is_cancelled_as_the_watch_expect
 
 
 def test_a_run_claimed_and_never_started_is_handed_back_saying_so(inproc: Env, monkeypatch):
-    """A run left Pending past the dead bound (its claimant died between the claim and the start, or never got to
-    it) is handed back by the reaper, with a message that says what happened rather than that an executor
-    stopped."""
+    """A run left Pending past the dead bound by a claimant that no longer beats (it died between the claim and
+    the start) is handed back by the reaper, with a message that says what happened rather than that an executor
+    stopped. A live claimant's run is left for LIVE_CLAIM_FACTOR bounds (it is likely slow under load: handing
+    back a run about to start would run it twice), then handed back too (the claimant may have lost it)."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    import flows.executor
     from flows.executor import Executor
 
     @flow(name="test-claimed-only")
     async def claimed_only() -> None:
         pass
 
+    live = ["executor:reaper", "executor:slow"]  # "executor:gone" no longer beats
     monkeypatch.setattr(Executor, "_beat", lambda self: None)  # this test process has no executor of its own
-    monkeypatch.setattr(Executor, "_is_reaper", lambda self: True)
+    monkeypatch.setattr(Executor, "_live_executors", lambda self: live)
     monkeypatch.setattr(Executor, "_claim_dead", lambda self: [])
+    monkeypatch.setattr(flows.executor, "LIVE_CLAIM_FACTOR", 4)
 
     async def go():
         with temporary_settings({PREFECT_API_URL: f"{inproc.stack.prefect_url}/api"}):
-            reaper = Executor(deploy=[(claimed_only, dict(name="claimed-only"))], dead_after_seconds=1)
+            reaper = Executor(deploy=[(claimed_only, dict(name="claimed-only"))], dead_after_seconds=1,
+                              executor_id="executor:reaper")
             await reaper.start()
             (deployment_id,) = reaper.flows
             async with get_client() as client:
                 fresh = await client.create_flow_run_from_deployment(deployment_id)
-                left = await client.create_flow_run_from_deployment(deployment_id)
-                assert await Executor(deploy=[], executor_id="executor:claimant")._claim(client, left) is not None
+                gone = await client.create_flow_run_from_deployment(deployment_id)
+                slow = await client.create_flow_run_from_deployment(deployment_id)
+                for claimant, flow_run in (("executor:gone", gone), ("executor:slow", slow)):
+                    assert await Executor(deploy=[], executor_id=claimant)._claim(client, flow_run) is not None
+                claimed_at = time.monotonic()
                 assert await reaper.reap(client) == 0  # claimed a moment ago: its claimant may still start it
                 await asyncio.sleep(1.5)
-                assert await reaper.reap(client) == 1
-                return (await client.read_flow_run(left.id)).state, (await client.read_flow_run(fresh.id)).state
-    left, fresh = asyncio.run(go())
-    assert left.is_crashed() and "claimed by executor:claimant and not started within 1 s" in left.message
+                assert await reaper.reap(client) == 1  # the dead claimant's run only
+                assert (await client.read_flow_run(slow.id)).state.is_pending()
+                await asyncio.sleep(max(0.0, 4.5 - (time.monotonic() - claimed_at)))
+                assert await reaper.reap(client) == 1  # the live claimant's, after four bounds
+                return [(await client.read_flow_run(r.id)).state for r in (gone, slow, fresh)]
+    gone, slow, fresh = asyncio.run(go())
+    assert gone.is_crashed() and "claimed by executor:gone and not started within 1 s" in gone.message
+    assert slow.is_crashed() and "claimed by executor:slow and not started within 4 s" in slow.message
     assert fresh.is_scheduled()  # never claimed: nothing to hand back
