@@ -38,7 +38,8 @@ WRITER_GRACE_SECONDS = 15
 # The watch runs every few seconds (`HOTLINE_WATCH_INTERVAL_SECONDS`, 10 by default): 8,640 runs a day. Its steps
 # are plain calls, not task runs: five task runs a round were 43,200 task runs and about 130,000 events a day in
 # Prefect's DB (each persisted, ordered and evaluated by its services), more than the cases' own. Each round's run
-# shows what every step did in one log line (below); a step that raises fails the run, with its traceback.
+# shows what every step did in one log line (below). A step that raises is logged with its traceback and the
+# other steps still run (a failing delivery retry must not stop escalations); then the round's run fails.
 
 
 def _signal_lapses() -> dict[str, int]:
@@ -145,13 +146,27 @@ async def forget_skipped_rounds() -> int:
 @flow(name="deadline-watch", **NO_RESULTS, description="Escalates lapsed deadlines and keeps every case moving.")
 async def deadline_watch() -> dict:
     started = now()
-    summary = {
-        "lapsed": await find_lapsed(),
-        "woken": await wake_cases(started),
-        "started": await start_unstarted(),
-        "deliberations": await move_deliberations(started),
-        "deliveries": await retry_deliveries(),
-        "skipped_rounds_forgotten": await forget_skipped_rounds(),
+    steps = {
+        "lapsed": find_lapsed,
+        "woken": lambda: wake_cases(started),
+        "started": start_unstarted,
+        "deliberations": lambda: move_deliberations(started),
+        "deliveries": retry_deliveries,
+        "skipped_rounds_forgotten": forget_skipped_rounds,
     }
-    get_run_logger().info("deadline watch: %s", summary)
+    logger = get_run_logger()
+    summary: dict[str, object] = {}
+    for name, step in steps.items():
+        try:
+            summary[name] = await step()
+        except Exception:  # one step's failure must not stop the others (escalations above all): all run
+            logger.exception("deadline watch: step %r failed", name)
+            summary[name] = "failed"
+    logger.info("deadline watch: %s", summary)
+    if failed := [name for name, result in summary.items() if result == "failed"]:
+        raise WatchStepFailed(f"deadline watch: {', '.join(failed)} failed (tracebacks above); the other steps ran")
     return summary
+
+
+class WatchStepFailed(RuntimeError):
+    """A round whose steps did not all succeed: the run fails so operators see it in the UI."""
