@@ -13,7 +13,8 @@ In one run, against one stack it starts itself (the embedded default: Prefect se
    machine), Prefect's rows per lifecycle (states, task runs, run inputs, artifacts, logs, events), and RSS at start
    and end (with --lifecycle-waves, after every wave); and the machine's speed at start and end (a fixed loop), since
    on a shared virtual machine the same work takes up to half as long again at another hour.
-Prints a table and writes docs/performance.md (or --out). Never asserts targets: it reports them.
+Prints a table and adds it to docs/performance.md (or --out) as a new run, before the earlier ones, which it keeps.
+Never asserts targets: it reports them.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ import yaml
 
 from bench.load import post_json_many
 from bench.stats import (
-    Figure, above_rest, capacity, cpu_seconds, fmt, lost, machine_cpu_seconds, percentile, rate, ratio, slope,
-    speed_probe, table, tree_rss_mb,
+    RUN_HEADING, Figure, above_rest, add_run, capacity, cpu_seconds, fmt, lost, machine_cpu_seconds, percentile, rate,
+    ratio, slope, speed_probe, table, tree_rss_mb,
 )
 from hotline.demo import register_district
 from hotline.receiver import Receiver, Received
@@ -553,9 +554,9 @@ class Bench:
                    platform.processor())
         command = "./run bench " + " ".join(sys.argv[1:])
         return "\n".join([
-            "# Performance",
+            f"{RUN_HEADING} of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (written by the benchmark)",
             "",
-            f"Measured by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            f"Measured by `{command}`.",
             "",
             f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:,} MB RAM; Python {platform.python_version()}; "
             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
@@ -652,8 +653,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.cleanup()
     print(text)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text + "\n", encoding="utf-8")
-    print(f"\nwritten to {a.out}")
+    a.out.write_text(add_run(a.out.read_text(encoding="utf-8") if a.out.exists() else None, text),
+                     encoding="utf-8")
+    print(f"\nadded to {a.out} (before its earlier runs)")
     return 0
 
 

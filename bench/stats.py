@@ -169,3 +169,20 @@ def table(figures: list[Figure]) -> str:
         lines.append(f"| {f.name} | {fmt(f.value)} | {f.unit} | {fmt(f.ratio)} | {f.target or ''} | "
                      f"{f.met()} {f.note}".rstrip() + " |")
     return "\n".join(lines)
+
+
+RUN_HEADING = "## Run"
+
+
+def add_run(document: str | None, section: str) -> str:
+    """docs/performance.md with a new run's section added, newest first: before the first `## Run` heading, or at
+    the end of a file that has none yet, or as a new file under a `# Performance` title. Nothing in the file is
+    replaced (it is the record of every earlier run and of what was read from them)."""
+    section = section.strip() + "\n"
+    if not document or not document.strip():
+        return f"# Performance\n\n{section}"
+    lines = document.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.startswith(RUN_HEADING)), None)
+    if at is None:
+        return document.rstrip("\n") + "\n\n" + section
+    return "".join(lines[:at]) + section + "\n" + "".join(lines[at:])

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from bench.stats import (
-    _TICKS, Figure, above_rest, capacity, cpu_seconds, lost, machine_cpu_seconds, percentile, rate, ratio, rss_mb,
-    slope, speed_probe, table, tree_rss_mb,
+    _TICKS, Figure, above_rest, add_run, capacity, cpu_seconds, lost, machine_cpu_seconds, percentile, rate, ratio,
+    rss_mb, slope, speed_probe, table, tree_rss_mb,
 )
 
 
@@ -23,6 +23,17 @@ def test_percentiles_interpolate_between_ranks():
     assert percentile([], 50) is None
     with pytest.raises(ValueError):
         percentile(values, 101)
+
+
+def test_a_run_is_added_before_the_earlier_runs_and_nothing_is_replaced():
+    doc = "# Performance\n\nIntro.\n\n## Targets\n\n| a |\n\n## Run 2. Later\n\ntwo\n\n## Run 1. First\n\none\n"
+    new = "## Run of 2026-12-07 (written by the benchmark)\n\n| figure |\n"
+    added = add_run(doc, new)
+    assert added.startswith("# Performance\n\nIntro.\n\n## Targets\n\n| a |\n\n## Run of 2026-12-07")
+    assert added.endswith("| figure |\n\n## Run 2. Later\n\ntwo\n\n## Run 1. First\n\none\n")
+    assert added.replace(new + "\n", "") == doc  # everything that was there is still there, in its order
+    assert add_run("# Performance\n\nIntro.\n", new) == "# Performance\n\nIntro.\n\n" + new  # no run yet
+    assert add_run(None, new) == "# Performance\n\n" + new and add_run("  \n", new) == "# Performance\n\n" + new
 
 
 def test_rates_ratios_and_lost_cases():
@@ -91,6 +102,7 @@ def test_smoke_run_writes_a_report(tmp_path, capsys):
     figures are printed as it ends (a long run stopped early keeps them)."""
     from bench.run import main
     out = tmp_path / "performance.md"
+    out.write_text("# Performance\n\n## Run 1. An earlier run\n\nits figures\n", encoding="utf-8")
     assert main(["--smoke", "--executor", "inprocess", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     waves = [line for line in printed.splitlines() if line.startswith("wave ")]
@@ -102,6 +114,7 @@ def test_smoke_run_writes_a_report(tmp_path, capsys):
         assert float(per_lifecycle.split("the whole machine ")[1].split(",")[0]) > 0, line
         assert int(line.split("; machine speed ")[1].removesuffix(" ms")) > 0, line
     text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Performance\n\n## Run of ") and text.endswith("## Run 1. An earlier run\n\nits figures\n")
     for figure in ("empty flow runs/s through serve", "empty flow runs/s through the in-process executor",
                    "in-process executor (one event loop", "CPU per lifecycle: executor", "full lifecycles/s", "durable accepts/s",
                    "cases lost", "intake → first webhook p95", "escalation latency p99"):
