@@ -156,14 +156,16 @@ async def deadline_watch() -> dict:
     }
     logger = get_run_logger()
     summary: dict[str, object] = {}
+    failed: list[str] = []
     for name, step in steps.items():
         try:
             summary[name] = await step()
         except Exception:  # one step's failure must not stop the others (escalations above all): all run
             logger.exception("deadline watch: step %r failed", name)
             summary[name] = "failed"
+            failed.append(name)
     logger.info("deadline watch: %s", summary)
-    if failed := [name for name, result in summary.items() if result == "failed"]:
+    if failed:
         raise WatchStepFailed(f"deadline watch: {', '.join(failed)} failed (tracebacks above); the other steps ran")
     return summary
 
