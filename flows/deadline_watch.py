@@ -4,14 +4,18 @@ Deadlines are not suspend timeouts (a suspend timeout fails the run); instead th
 writes a "deadline lapsed" signal for each lapsed order or follow-up window, and resumes those cases; summoned
 units that missed their whistle report are escalated; reminders go out at the policy's fractions. It also
 wakes any case whose signal could not wake it, starts runs for cases recorded while Prefect was unreachable,
-retries webhook deliveries that are due, and deletes its own rounds that Prefect cancelled because the previous
-one still ran. For deliberations (大家商量着办) it signals those whose item cases are all closed, wakes those with
-pending signals and starts the runs of those recorded while Prefect was unreachable.
+retries webhook deliveries that are due, deletes its own rounds that Prefect cancelled because the previous one
+still ran, and marks crashed its rounds whose process was killed (they no longer hold the watch's slot). For
+deliberations (大家商量着办) it signals those whose item cases are all closed, wakes those with pending signals and
+starts the runs of those recorded while Prefect was unreachable.
 """
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -21,10 +25,17 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Crashed
 
 from flows import NO_RESULTS
-from flows.control import live_starter_shards, start_cases, start_deliberation_flow, unstarted_cases, wake
+from flows.control import (
+    live_starter_shards,
+    start_cases,
+    start_deliberation_flow,
+    unstarted_cases,
+    wake,
+)
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
 from notifications.webhooks import deliver_due
@@ -112,6 +123,90 @@ async def retry_deliveries() -> dict[str, int]:
     return await deliver_due()
 
 
+# One round at a time: the watch's deployment has a concurrency limit of 1 (CANCEL_NEW, flows/serve.py), whose slot
+# the running round holds by a lease. Prefect's engine renews that lease for 300 s at the start of a run, so a round
+# whose process was killed (its serve, worker or executor died) held the slot, and stopped the watch and its
+# escalations, for up to five minutes. The round keeps its lease short instead: ROUND_LEASE_SECONDS (the shortest
+# Prefect accepts), renewed every ROUND_LEASE_RENEW_SECONDS while it runs; a killed round's slot is free again
+# within that and one loop of Prefect's repossessor (15 s), and a later round marks the killed one crashed
+# (`crash_dead_rounds`).
+ROUND_LEASE_SECONDS = 60
+ROUND_LEASE_RENEW_SECONDS = 15
+ROUND_LEASE_FIRST_RENEW_SECONDS = 2  # the second renewal (see `short_slot_lease`)
+
+
+def _slot_lease_id() -> UUID | None:
+    """The lease on the watch's slot that this round holds (None outside a deployment's run)."""
+    context = FlowRunContext.get()
+    state = context.flow_run.state if context and context.flow_run else None
+    return state.state_details.deployment_concurrency_lease_id if state else None
+
+
+@asynccontextmanager
+async def short_slot_lease() -> AsyncIterator[None]:
+    """Keep this round's lease on the watch's slot at ROUND_LEASE_SECONDS while the round runs (above)."""
+    lease_id = _slot_lease_id()
+    if lease_id is None:
+        yield
+        return
+    logger = get_run_logger()
+
+    async def renew() -> None:
+        # The engine's own renewals (300 s) are sent from threads as the run starts, and may land after this
+        # round's first: the second, soon after, settles it.
+        pauses = iter([ROUND_LEASE_FIRST_RENEW_SECONDS])
+        async with get_client() as client:
+            while True:
+                try:
+                    await client.renew_concurrency_lease(lease_id, lease_duration=ROUND_LEASE_SECONDS)
+                except PrefectHTTPStatusError as error:
+                    if error.response.status_code == 410:  # lapsed: the slot may be another round's now
+                        logger.warning("deadline watch: this round's slot lease %s lapsed", lease_id)
+                        return
+                    if error.response.status_code < 500:  # refused: asking again would not help
+                        logger.error("deadline watch: Prefect refused to renew the slot lease: %s", error)
+                        return
+                    logger.warning("deadline watch: renewing the slot lease failed: %s", error)
+                except Exception as error:  # Prefect unreachable for a moment: try again at the next beat
+                    logger.warning("deadline watch: renewing the slot lease failed: %r", error)
+                await asyncio.sleep(next(pauses, ROUND_LEASE_RENEW_SECONDS))
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+
+
+def _this_deployment_id() -> UUID | None:
+    context = FlowRunContext.get()
+    return context.flow_run.deployment_id if context and context.flow_run else None
+
+
+async def crash_dead_rounds() -> int:
+    """Mark crashed the other rounds of this deployment still shown Running: this round holds the watch's only
+    slot, so their leases lapsed, and a live round renews its lease every few seconds (`short_slot_lease`): their
+    process was killed. A round that started within the lease is left alone (it may still be starting)."""
+    deployment_id = _this_deployment_id()
+    if deployment_id is None:
+        return 0
+    this_run = FlowRunContext.get().flow_run.id
+    started_before = now() - timedelta(seconds=ROUND_LEASE_SECONDS)
+    async with get_client() as client:
+        running = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+            sort=FlowRunSort.ID_DESC, limit=20)
+        dead = [run for run in running
+                if run.id != this_run and run.start_time and run.start_time < started_before]
+        for run in dead:
+            await client.set_flow_run_state(run.id, Crashed(
+                message="crashed: its process stopped mid-round (it no longer held the watch's slot)"), force=True)
+    return len(dead)
+
+
 # Prefect 3.8's message on a run its deployment's CANCEL_NEW limit cancelled (at a claim, or when it went late)
 LIMIT_CANCELLED = "Deployment concurrency limit reached."
 
@@ -123,8 +218,7 @@ async def forget_skipped_rounds() -> int:
     cancelled in the last day every 20 s: on a saturated machine two rounds in three were such runs, and that
     cleanup grew to a seventh of Prefect's services' CPU (docs/performance.md). A round an operator cancelled is
     kept."""
-    context = FlowRunContext.get()
-    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    deployment_id = _this_deployment_id()
     if deployment_id is None:
         return 0
     async with get_client() as client:
@@ -153,17 +247,19 @@ async def deadline_watch() -> dict:
         "deliberations": lambda: move_deliberations(started),
         "deliveries": retry_deliveries,
         "skipped_rounds_forgotten": forget_skipped_rounds,
+        "dead_rounds_crashed": crash_dead_rounds,
     }
     logger = get_run_logger()
     summary: dict[str, object] = {}
     failed: list[str] = []
-    for name, step in steps.items():
-        try:
-            summary[name] = await step()
-        except Exception:  # one step's failure must not stop the others (escalations above all): all run
-            logger.exception("deadline watch: step %r failed", name)
-            summary[name] = "failed"
-            failed.append(name)
+    async with short_slot_lease():
+        for name, step in steps.items():
+            try:
+                summary[name] = await step()
+            except Exception:  # one step's failure must not stop the others (escalations above all): all run
+                logger.exception("deadline watch: step %r failed", name)
+                summary[name] = "failed"
+                failed.append(name)
     logger.info("deadline watch: %s", summary)
     if failed:
         raise WatchStepFailed(f"deadline watch: {', '.join(failed)} failed (tracebacks above); the other steps ran")

@@ -121,7 +121,8 @@ class Stack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
             "PREFECT_SERVER_DATABASE_TIMEOUT": "30",  # SQLite: wait for the write lock instead of failing
-            # the deadline watch runs one at a time; if its process dies, its slot frees after this many seconds
+            # the deadline watch runs one at a time; if its process dies before the round starts, its slot frees
+            # after this many seconds (a started round keeps its lease at 60 s, flows/deadline_watch.py)
             "PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION": "30",
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PREFECT_LOGGING_LEVEL": "INFO",
