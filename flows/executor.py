@@ -59,13 +59,12 @@ from prefect.exceptions import Abort, ObjectNotFound, Pause
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Cancelled, Crashed, Pending, Scheduled
+from prefect.states import Cancelled, Pending
 from sqlalchemy import update
 from sqlmodel import select
 
-from flows.case_flow import case_lifecycle
 from flows.control import newest_case_id, share_tls_context, start_cases, unstarted_cases
-from flows.deliberation_flow import deliberation_process
+from flows.lost_runs import hand_back
 from flows.serve import deployment_options
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
@@ -74,8 +73,6 @@ from models import ExecutorBeat
 
 log = logging.getLogger("hotline.executor")
 
-# flows whose runs may simply run again from the top after a crash (every step idempotent against our DB)
-REPLAYABLE = {case_lifecycle.name, deliberation_process.name}
 CLAIM_TIMEOUT = 20  # seconds for one claim
 POLL_TIMEOUT = 60  # seconds for one polling round: nothing may hold the claiming of every other run
 REAP_BATCH = 200  # runs looked at per reaper round (executing runs are few: waiting ones are Paused)
@@ -390,15 +387,10 @@ class Executor:
         return bound if flow_run.state.timestamp < now() - bound else None
 
     async def _hand_back(self, client: PrefectClient, flow_run: FlowRun, why: str) -> None:
-        """A run whose execution was lost: a case run replays from the top (idempotent); others crash, and their
-        schedule starts the next one."""
+        """A run whose execution was lost: flows/lost_runs.py says what becomes of it."""
         flow = self.flows.get(flow_run.deployment_id)
-        if flow is not None and flow.name in REPLAYABLE:
-            state = Scheduled(name="Rescheduled", message=f"rescheduled: {why}")
+        if await hand_back(client, flow_run.id, flow.name if flow else None, why):
             self.counts["rescheduled"] += 1
-        else:
-            state = Crashed(message=f"crashed: {why}")
-        await client.set_flow_run_state(flow_run.id, state, force=True)
 
     async def _drain(self, client: PrefectClient) -> None:
         """Stopping: let running runs finish for the grace period, then hand the rest back."""

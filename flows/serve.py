@@ -4,17 +4,28 @@
 event loop instead (`HOTLINE_EXECUTOR=inprocess`)."""
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from prefect import Flow, serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
 from flows.case_flow import case_lifecycle
 from flows.deadline_watch import deadline_watch
 from flows.deliberation_flow import deliberation_process
+from flows.lost_runs import hand_back
 from flows.monthly_report import monthly_report
 from hotline.settings import get_settings
+
+log = logging.getLogger("hotline.serve")
 
 
 def deployment_options() -> list[tuple[Flow, dict[str, Any]]]:
@@ -47,7 +58,36 @@ def deployment_options() -> list[tuple[Flow, dict[str, Any]]]:
     ]
 
 
+async def hand_back_lost_runs() -> int:
+    """The runs a previous `serve` left Running or Pending when it was killed: their processes died with it (one
+    process group), and nothing would ever run or end them (a case would wait forever, shown Running). The
+    embedded default has one `serve`, so at its start every such run of our deployments is lost: each is handed
+    back (flows/lost_runs.py: a case replays from the top). Executors find lost runs by heartbeat instead; with
+    workers, Prefect's zombie-run automation does (docs/deployment.md). Returns how many."""
+    handed_back = 0
+    async with get_client() as client:
+        for flow, options in deployment_options():
+            try:
+                deployment = await client.read_deployment_by_name(f"{flow.name}/{options['name']}")
+            except ObjectNotFound:
+                continue  # a first start: nothing served before
+            while lost := await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
+                    sort=FlowRunSort.ID_DESC, limit=200):
+                for flow_run in lost:
+                    await hand_back(client, flow_run.id, flow.name, "its serve process stopped")
+                handed_back += len(lost)
+    return handed_back
+
+
 def main() -> None:
+    try:
+        if count := asyncio.run(hand_back_lost_runs()):
+            log.warning("handed back %d run(s) that the previous serve process left unfinished", count)
+    except Exception:  # serving matters more: the runs stay as they were, for an operator
+        log.exception("could not hand back the runs a previous serve process left unfinished")
     serve(*(flow.to_deployment(**options) for flow, options in deployment_options()), limit=None)
 
 

@@ -5,10 +5,7 @@ a crash between the state change and the send)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -440,17 +437,6 @@ def _unit_deliveries(env: Env, code: str, headers: dict | None = None) -> dict:
     return r.json()
 
 
-def _wait_serving(env: Env, since: datetime) -> None:
-    """Until a deadline-watch run started after `since` has completed: serve is polling again."""
-    def watch_ran():
-        r = env.prefect.post("/api/flow_runs/filter", json={
-            "flows": {"name": {"any_": ["deadline-watch"]}},
-            "flow_runs": {"start_time": {"after_": since.isoformat()}, "state": {"type": {"any_": ["COMPLETED"]}}},
-            "limit": 1})
-        return r.status_code == 200 and r.json()
-    eventually(watch_ran, "serve to run the deadline watch again")
-
-
 def test_refused_delivery_is_listed_resent_and_arrives_once(env: Env):
     code = f"dl_refuse_{uuid.uuid4().hex[:6]}"
     token = _register_unit(env, code)
@@ -502,11 +488,11 @@ def test_refused_delivery_is_listed_resent_and_arrives_once(env: Env):
 
 def test_a_crash_between_the_order_and_its_send_still_delivers_once(env: Env):
     """serve is killed while the work order's webhook is in flight (the unit's endpoint hangs): the order and its
-    delivery were committed together, so after a restart the deadline watch sends it — exactly once."""
+    delivery were committed together, so after a restart the deadline watch sends it — exactly once. The restarted
+    serve hands back the case's run that the killed one left Running: it replays and waits for the unit again."""
     code = f"dl_crash_{uuid.uuid4().hex[:6]}"
     _register_unit(env, code)
     env.receiver.fail_next[code] = [{"status": 503, "delay": 90}]  # the first request hangs
-    serve = env.stack.procs["serve"]
     killed_at = None
     try:
         # a request timeout long enough that the kill surely comes first, even on a busy machine
@@ -514,23 +500,20 @@ def test_a_crash_between_the_order_and_its_send_still_delivers_once(env: Env):
             created = env.submit(category="courier_disturbance")
             eventually(lambda: any(u == code for u, _w, _t in env.receiver.started),
                        "the work order's webhook to be in flight", interval=0.02)
-            os.killpg(serve.pid, signal.SIGKILL)
-        serve.wait(timeout=30)
+            env.kill_serve()
         killed_at = datetime.now(timezone.utc)
         [(_u, webhook_id, _t)] = [s for s in env.receiver.started if s[0] == code]
 
         detail = env.case(created["case_id"])
         assert [o["unit"] for o in detail["work_orders"]] == [code]
+        assert env.flow_run(created["flow_run_id"])["state_type"] == "RUNNING"  # killed with serve: nothing ended it
         [pending] = _unit_deliveries(env, code)["deliveries"]
         assert pending["webhook_id"] == webhook_id and pending["status"] == "pending"
         assert pending["attempts"] == 0  # the attempt in flight died with the process: nothing recorded
         listed = env.api.get("/api/deliveries", params={"status": "pending", "unit": code}, headers=env.admin)
         assert [d["webhook_id"] for d in listed.json()] == [webhook_id]
     finally:
-        if serve.poll() is not None:  # keep the stack healthy for the tests after this one
-            restarted = datetime.now(timezone.utc)
-            env.stack._spawn("serve", [sys.executable, "-m", "flows.serve"])
-            _wait_serving(env, restarted)
+        env.restart_serve()  # keep the stack healthy for the tests after this one
     assert killed_at is not None
 
     delivered = eventually(lambda: _unit_deliveries(env, code)["deliveries"][0], "the delivery after the restart",
@@ -539,3 +522,10 @@ def test_a_crash_between_the_order_and_its_send_still_delivers_once(env: Env):
     assert received.webhook_id == webhook_id == delivered["webhook_id"]
     assert received.data["case_number"] == created["number"]
     assert delivered["attempts"] == 1 and [a["status_code"] for a in delivered["attempt_log"]] == [204]
+    # the run replayed from the top (its order and delivery were there already) and waits for the unit again,
+    # instead of showing Running forever
+    env.wait_paused(created["flow_run_id"])
+    r = env.prefect.get("/api/flow_run_states/", params={"flow_run_id": created["flow_run_id"]})
+    assert r.status_code == 200, r.text
+    assert any(st["name"] == "Rescheduled" and "its serve process stopped" in st["message"] for st in r.json())
+    assert [o["unit"] for o in env.case(created["case_id"])["work_orders"]] == [code]  # still one order
