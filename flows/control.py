@@ -9,8 +9,13 @@ from functools import lru_cache
 from uuid import UUID
 
 from prefect.artifacts import acreate_markdown_artifact
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
@@ -99,6 +104,15 @@ async def _deployment_id(client, name: str) -> UUID:
     if name not in _deployment_ids:
         _deployment_ids[name] = (await client.read_deployment_by_name(name)).id
     return _deployment_ids[name]
+
+
+async def runs_in_states(client: PrefectClient, deployment_ids: list[UUID], states: list[StateType],
+                         limit: int) -> list[FlowRun]:
+    """The runs of these deployments in these states, newest first, at most `limit`."""
+    return await client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))),
+        sort=FlowRunSort.ID_DESC, limit=limit)
 
 
 async def _start_run(deployment: str, model: type, record_id: int, kind: str, name: str, tags: list[str]) -> str:

@@ -19,22 +19,14 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
-)
 from prefect.client.schemas.objects import StateType
-from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
 from flows import NO_RESULTS
 from flows.control import (
-    live_starter_shards,
-    start_cases,
-    start_deliberation_flow,
-    unstarted_cases,
-    wake,
+    live_starter_shards, runs_in_states, start_cases, start_deliberation_flow, unstarted_cases, wake,
 )
 from hotline.clock import now
 from hotline.db import read_scope, session_scope
@@ -194,11 +186,7 @@ async def crash_dead_rounds() -> int:
     this_run = FlowRunContext.get().flow_run.id
     started_before = now() - timedelta(seconds=ROUND_LEASE_SECONDS)
     async with get_client() as client:
-        running = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
-            sort=FlowRunSort.ID_DESC, limit=20)
+        running = await runs_in_states(client, [deployment_id], [StateType.RUNNING], limit=20)
         dead = [run for run in running
                 if run.id != this_run and run.start_time and run.start_time < started_before]
         for run in dead:
@@ -222,11 +210,7 @@ async def forget_skipped_rounds() -> int:
     if deployment_id is None:
         return 0
     async with get_client() as client:
-        cancelled = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.CANCELLED]))),
-            sort=FlowRunSort.ID_DESC, limit=200)
+        cancelled = await runs_in_states(client, [deployment_id], [StateType.CANCELLED], limit=200)
         skipped = [run for run in cancelled  # never ran (Prefect gives a cancelled run a start time all the same)
                    if not run.total_run_time and run.state and run.state.message == LIMIT_CANCELLED]
         for run in skipped:

@@ -49,8 +49,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
-    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, FlowRunFilterState,
-    FlowRunFilterStateType,
+    FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
@@ -63,7 +62,7 @@ from prefect.states import Cancelled, Pending
 from sqlalchemy import update
 from sqlmodel import select
 
-from flows.control import newest_case_id, share_tls_context, start_cases, unstarted_cases
+from flows.control import newest_case_id, runs_in_states, share_tls_context, start_cases, unstarted_cases
 from flows.lost_runs import hand_back
 from flows.serve import deployment_options
 from hotline.clock import now
@@ -356,11 +355,8 @@ class Executor:
         if live[:1] != [self.id]:
             return 0
         dead = set(await asyncio.to_thread(self._claim_dead))
-        active = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows))),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
-            sort=FlowRunSort.ID_DESC, limit=REAP_BATCH)
+        active = await runs_in_states(client, list(self.flows), [StateType.RUNNING, StateType.PENDING],
+                                      limit=REAP_BATCH)
         reaped = 0
         for flow_run in active:
             if flow_run.id in self.running:

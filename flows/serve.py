@@ -10,15 +10,12 @@ from typing import Any
 
 from prefect import Flow, serve
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
-)
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, StateType
-from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
 from flows.case_flow import case_lifecycle
+from flows.control import runs_in_states
 from flows.deadline_watch import deadline_watch
 from flows.deliberation_flow import deliberation_process
 from flows.lost_runs import hand_back
@@ -71,11 +68,8 @@ async def hand_back_lost_runs() -> int:
                 deployment = await client.read_deployment_by_name(f"{flow.name}/{options['name']}")
             except ObjectNotFound:
                 continue  # a first start: nothing served before
-            while lost := await client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
-                    sort=FlowRunSort.ID_DESC, limit=200):
+            while lost := await runs_in_states(client, [deployment.id], [StateType.RUNNING, StateType.PENDING],
+                                               limit=200):
                 for flow_run in lost:
                     await hand_back(client, flow_run.id, flow.name, "its serve process stopped")
                 handed_back += len(lost)
