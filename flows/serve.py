@@ -61,19 +61,20 @@ async def hand_back_lost_runs() -> int:
     embedded default has one `serve`, so at its start every such run of our deployments is lost: each is handed
     back (flows/lost_runs.py: a case replays from the top). Executors find lost runs by heartbeat instead; with
     workers, Prefect's zombie-run automation does (docs/deployment.md). Returns how many."""
-    handed_back = 0
+    handed_back: set = set()
     async with get_client() as client:
         for flow, options in deployment_options():
             try:
                 deployment = await client.read_deployment_by_name(f"{flow.name}/{options['name']}")
             except ObjectNotFound:
                 continue  # a first start: nothing served before
-            while lost := await runs_in_states(client, [deployment.id], [StateType.RUNNING, StateType.PENDING],
-                                               limit=200):
+            while lost := [run for run in await runs_in_states(
+                    client, [deployment.id], [StateType.RUNNING, StateType.PENDING], limit=200)
+                    if run.id not in handed_back]:  # (a run handed back and still listed is not tried again)
                 for flow_run in lost:
                     await hand_back(client, flow_run.id, flow.name, "its serve process stopped")
-                handed_back += len(lost)
-    return handed_back
+                    handed_back.add(flow_run.id)
+    return len(handed_back)
 
 
 def main() -> None:
