@@ -43,8 +43,8 @@ def test_rounds_the_limit_cancelled_are_deleted_and_an_operators_cancel_is_kept(
 
 def test_a_failing_step_fails_the_round_after_the_other_steps_ran(env: Env, monkeypatch):
     """One step's failure (here the search for lapsed deadlines) does not stop the others: the round still wakes,
-    starts, moves deliberations, retries deliveries, forgets skipped rounds and crashes dead ones; then its run fails naming the
-    step, so operators see it in the UI."""
+    starts, moves deliberations, retries deliveries, forgets skipped rounds and crashes dead ones; then its run
+    fails naming the step, so operators see it in the UI."""
     import asyncio
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
