@@ -137,11 +137,16 @@ class Bench:
 
     # ------------------------------------------------------------ plumbing
 
-    @staticmethod
-    def post(client: httpx.Client, path: str, body: dict) -> dict:
-        """POST to Prefect, retrying its 503s (SQLite busy) as Prefect's own client does."""
+    def post(self, client: httpx.Client, path: str, body: dict) -> dict:
+        """POST to Prefect, retrying its 503s (SQLite busy) as Prefect's own client does, and an answer that does
+        not come within the client's timeout (Prefect on SQLite has stalled for a minute on two busy cores): the
+        bodies posted here are safe to send again (filters, and run creations with an idempotency key)."""
         for attempt in range(20):
-            r = client.post(path, json=body)
+            try:
+                r = client.post(path, json=body)
+            except httpx.TimeoutException:
+                self.notes.append(f"Prefect did not answer {path} within {client.timeout.read:.0f} s; asked again")
+                continue
             if r.status_code != 503:
                 r.raise_for_status()
                 return r.json()
@@ -223,7 +228,8 @@ class Bench:
             time.sleep(0.5)
         dep = r.json()["id"]
         start = time.monotonic()
-        ids = [self.post(prefect, f"/api/deployments/{dep}/create_flow_run", {})["id"] for _ in range(n)]
+        ids = [self.post(prefect, f"/api/deployments/{dep}/create_flow_run",
+                         {"idempotency_key": f"baseline-{uuid.uuid4().hex}"})["id"] for _ in range(n)]
         while True:
             runs = self.post(prefect, "/api/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
             done = sum(1 for run in runs if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED"))
