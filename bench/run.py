@@ -145,6 +145,8 @@ class Bench:
             try:
                 r = client.post(path, json=body)
             except httpx.TimeoutException:
+                if attempt == 19:
+                    raise  # Prefect has not answered for twenty timeouts: the measurement cannot go on
                 self.notes.append(f"Prefect did not answer {path} within {client.timeout.read:.0f} s; asked again")
                 continue
             if r.status_code != 503:
